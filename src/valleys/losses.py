@@ -1,0 +1,97 @@
+"""Per-sample loss conventions, documented once.
+
+Sharpness values are only comparable within one loss convention, so valleys names them:
+
+==========  ===============================================================================
+``"mse"``   ``ℓ(f, y) = ½ Σ_k (f_k − y_k)²``: half the squared error summed over outputs, then
+            averaged over samples by :class:`~valleys.Objective`. This is the convention of the
+            edge-of-stability literature (Cohen et al. 2021). PyTorch's ``MSELoss`` also averages
+            over the K outputs and drops the ½, which scales every curvature by ``2/K``.
+``"ce"``    ``ℓ(f, y) = −log softmax(f)_y`` for integer labels ``y``; with float targets of the
+            same shape as ``f`` (probabilities), ``−Σ_k y_k log softmax(f)_k``.
+callable    ``loss(outputs, targets) -> per-sample losses`` of shape ``(batch,)``.
+==========  ===============================================================================
+
+The squared error is written out rather than taken from ``F.mse_loss``, whose backward breaks
+forward-over-reverse differentiation (pytorch/pytorch#123996).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LossFn", "cross_entropy", "resolve_loss", "squared_error"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``½ Σ_k (f_k − y_k)²`` over all non-batch dimensions."""
+    diff = outputs - targets
+    return 0.5 * (diff * diff).reshape(diff.shape[0], -1).sum(dim=1)
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample softmax cross-entropy with integer labels or target probabilities."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def resolve_loss(loss: str | LossFn) -> tuple[str, LossFn]:
+    """Return ``(name, per-sample loss function)`` for a loss name or callable."""
+    if isinstance(loss, str):
+        table = {"mse": squared_error, "ce": cross_entropy}
+        if loss not in table:
+            raise ValueError(
+                f"unknown loss {loss!r}; use 'mse' (½·Σ squared error over outputs), 'ce' "
+                "(cross-entropy) or a callable (outputs, targets) -> per-sample losses"
+            )
+        return loss, table[loss]
+    if callable(loss):
+        return getattr(loss, "__name__", "custom"), loss
+    raise TypeError(f"loss must be 'mse', 'ce' or a callable, got {type(loss).__name__}")
+
+
+def check_targets(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Raise a clear error when targets cannot go with outputs under a named loss."""
+    if name == "mse":
+        if not targets.is_floating_point():
+            raise TypeError(
+                "loss 'mse' needs float targets of the model's output shape; for class labels "
+                "use one-hot targets (valleys.data loaders take one_hot=True) or loss='ce'"
+            )
+        if targets.shape != outputs.shape:
+            raise ValueError(
+                f"loss 'mse' needs targets of the output shape {tuple(outputs.shape)}, got "
+                f"{tuple(targets.shape)}; reshape the targets (e.g. y[:, None] for one output)"
+            )
+    elif name == "ce":
+        if outputs.ndim != 2:
+            raise ValueError(
+                f"loss 'ce' needs outputs of shape (batch, classes), got {tuple(outputs.shape)}"
+            )
+        if targets.is_floating_point():
+            if targets.shape != outputs.shape:
+                raise ValueError(
+                    "loss 'ce' with float targets needs class probabilities of shape "
+                    f"{tuple(outputs.shape)}, got {tuple(targets.shape)}"
+                )
+        elif targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            if targets.shape != outputs.shape[:1]:
+                raise ValueError(
+                    f"loss 'ce' needs integer labels of shape ({outputs.shape[0]},), got "
+                    f"{tuple(targets.shape)}"
+                )
+            if targets.dtype != torch.int64:
+                raise TypeError("loss 'ce' needs int64 labels; convert them with .long()")
+            if targets.numel() and (targets.min() < 0 or targets.max() >= outputs.shape[1]):
+                raise ValueError(
+                    f"class labels must lie in [0, {outputs.shape[1]}) for a model with "
+                    f"{outputs.shape[1]} outputs, got labels in "
+                    f"[{int(targets.min())}, {int(targets.max())}]"
+                )
+        else:
+            raise TypeError(f"loss 'ce' needs int64 labels or float probabilities, got "
+                            f"{targets.dtype}")

@@ -1,0 +1,367 @@
+"""The empirical risk as a first-class object.
+
+An :class:`Objective` is the finite sum
+
+.. math::  L(θ) = \\frac1n \\sum_{i=1}^n ℓ\\big(f(x_i; θ), y_i\\big)
+
+of a model ``f``, a per-sample loss ``ℓ`` (see :mod:`valleys.losses` for the conventions) and a
+data set of ``n`` samples. It converts between the model's named parameters and flat vectors
+(operators and solvers work on flat vectors), and evaluates the loss, its gradient and
+per-sample quantities by accumulating over chunks of data, so memory stays bounded however
+large ``n`` is. Nothing here changes the model: it is evaluated functionally
+(:func:`torch.func.functional_call`) at whatever flat parameter vector ``θ`` is asked for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from valleys.losses import LossFn, check_targets, resolve_loss
+
+__all__ = ["Objective"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+# Modules whose forward pass is not a deterministic function of (θ, x) in train mode.
+_STOCHASTIC_IN_TRAIN = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+class Objective:
+    """Empirical risk ``L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i)`` of a model on a data set.
+
+    Args:
+        model: any ``nn.Module``. It is called functionally and never modified. Modules that
+            are stochastic or batch-dependent in train mode (BatchNorm, InstanceNorm, dropout)
+            must be in eval mode (``model.eval()``), because curvature operators must be
+            deterministic; pass ``allow_train_mode=True`` to accept them anyway.
+        loss: ``"mse"``, ``"ce"`` or a callable ``(outputs, targets) -> per-sample losses``.
+        data: a pair of tensors ``(X, Y)`` or a re-iterable of ``(X, Y)`` batches (a list, a
+            ``DataLoader`` without shuffling). Batches may differ in size; every sample gets
+            weight ``1/n``.
+        chunk_size: largest number of samples evaluated at once (``None``: a tensor pair is one
+            chunk, an iterable's batches are used as they come). Chunking trades speed for memory.
+        params: names (or ``fnmatch`` patterns such as ``"layers.0.*"``) of the parameters that
+            form ``θ``; the others stay fixed at their current values. Default: every parameter
+            with ``requires_grad``.
+        allow_train_mode: accept stochastic modules in train mode (results then vary per call).
+
+    Attributes:
+        n: number of samples. ``dim``: number of parameters in ``θ``. ``dtype``, ``device``:
+        those of the parameters. ``names``, ``shapes``: layout of the flat vector.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | LossFn,
+        data: Batch | Iterable[Batch],
+        *,
+        chunk_size: int | None = None,
+        params: Sequence[str] | None = None,
+        allow_train_mode: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        if not allow_train_mode:
+            _refuse_train_mode(model)
+        self.model = model
+        self.loss_name, self.loss_fn = resolve_loss(loss)
+        self.chunk_size = chunk_size
+        self.allow_train_mode = allow_train_mode
+
+        named = dict(model.named_parameters())
+        self.names = _select_parameters(named, params)
+        variable = [named[k] for k in self.names]
+        dtypes = {p.dtype for p in variable}
+        devices = {p.device for p in variable}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise TypeError(
+                f"all parameters of θ must share one dtype and device, found {dtypes} on "
+                f"{devices}; convert the model with model.to(dtype, device)"
+            )
+        self.dtype = variable[0].dtype
+        if not self.dtype.is_floating_point:
+            raise TypeError(f"parameters must be floating point, got {self.dtype}")
+        self.device = variable[0].device
+        self.shapes = [p.shape for p in variable]
+        self.numels = [p.numel() for p in variable]
+        self.dim = sum(self.numels)
+        # Frozen parameters and buffers are passed to functional_call alongside θ.
+        self._fixed = {k: v for k, v in named.items() if k not in set(self.names)}
+        self._fixed.update(dict(model.named_buffers()))
+
+        self._tensors, self._batches = _normalize_data(data)
+        self.n = self._count_and_check()
+
+    # -- parameters <-> flat vectors --------------------------------------------------------
+    def parameters_vector(self) -> torch.Tensor:
+        """A copy of the model's current θ as a flat vector."""
+        named = dict(self.model.named_parameters())
+        return torch.cat([named[k].detach().reshape(-1) for k in self.names]).clone()
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector into named, shaped views (differentiable)."""
+        self.check_vector(theta)
+        pieces = torch.split(theta, self.numels)
+        return {k: t.view(s) for k, t, s in zip(self.names, pieces, self.shapes, strict=True)}
+
+    def flatten(self, named: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate named tensors (same layout as θ) into a flat vector."""
+        missing = [k for k in self.names if k not in named]
+        if missing:
+            raise ValueError(f"missing parameters {missing[:3]} to flatten")
+        return torch.cat([named[k].reshape(-1) for k in self.names])
+
+    def set_parameters(self, theta: torch.Tensor) -> None:
+        """Write a flat vector into the model's parameters (explicit, in place)."""
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for k, t in self.unflatten(theta).items():
+                named[k].copy_(t)
+
+    def check_vector(self, theta: torch.Tensor, what: str = "θ") -> None:
+        """Raise a clear error unless ``theta`` is a flat vector of this objective's layout."""
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"{what} must be a torch tensor, got {type(theta).__name__}")
+        if theta.shape != (self.dim,):
+            raise ValueError(
+                f"{what} must be a flat vector of shape ({self.dim},), got {tuple(theta.shape)}; "
+                "use Objective.flatten / parameters_vector to build one"
+            )
+        if theta.dtype != self.dtype:
+            raise TypeError(f"{what} has dtype {theta.dtype}, the model uses {self.dtype}")
+
+    def _theta(self, theta: torch.Tensor | None) -> torch.Tensor:
+        if theta is None:
+            return self.parameters_vector()
+        self.check_vector(theta)
+        return theta.to(self.device)
+
+    # -- data -------------------------------------------------------------------------------
+    def chunks(self) -> Iterator[Batch]:
+        """Yield ``(X, Y)`` chunks on the parameters' device, covering the data once."""
+        batches = [self._tensors] if self._tensors is not None else self._batches
+        for X, Y in batches:
+            step = self.chunk_size or X.shape[0]
+            for start in range(0, X.shape[0], step):
+                yield (
+                    X[start : start + step].to(self.device, non_blocking=True),
+                    Y[start : start + step].to(self.device, non_blocking=True),
+                )
+
+    @property
+    def num_chunks(self) -> int:
+        if self._tensors is not None:
+            return -(-self.n // (self.chunk_size or self.n))
+        return sum(1 for _ in self.chunks())
+
+    def _count_and_check(self) -> int:
+        n = 0
+        first = True
+        batches = [self._tensors] if self._tensors is not None else self._batches
+        for X, Y in batches:
+            _check_batch(X, Y, self.dtype)
+            if first and X.shape[0] > 0:
+                # Run two samples through the model once so shape errors surface here.
+                with torch.no_grad():
+                    out = self.forward(self.parameters_vector(), X[:2].to(self.device))
+                check_targets(self.loss_name, out, Y[:2].to(self.device))
+                if self.loss_name not in ("mse", "ce"):
+                    value = self.loss_fn(out, Y[:2].to(self.device))
+                    if value.shape != (out.shape[0],):
+                        raise ValueError(
+                            "a custom loss must return per-sample losses of shape (batch,), got "
+                            f"{tuple(value.shape)}; use reduction='none' and sum over outputs"
+                        )
+                first = False
+            n += X.shape[0]
+        if n == 0:
+            raise ValueError("the data set is empty; an objective needs at least one sample")
+        return n
+
+    # -- evaluation -------------------------------------------------------------------------
+    def forward(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Model outputs ``f(X; θ)`` for a batch ``X``."""
+        named = self.unflatten(theta)
+        return functional_call(self.model, {**self._fixed, **named}, (X,))
+
+    def chunk_losses(self, theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses ``ℓ(f(x_i; θ), y_i)`` of one chunk, shape ``(batch,)``."""
+        return self.loss_fn(self.forward(theta, X), Y)
+
+    def sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of a single sample (no batch dimension), for ``vmap`` over samples."""
+        return self.chunk_losses(theta, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    def chunk_risk(self, theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """This chunk's share of ``L``: ``(1/n) Σ_{i in chunk} ℓ_i``; shares sum to ``L(θ)``."""
+        return self.chunk_losses(theta, X, Y).sum() / self.n
+
+    def accumulate(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Sum ``fn(X, Y)`` over all chunks (the one reduction every full-data quantity uses)."""
+        total = None
+        for X, Y in self.chunks():
+            part = fn(X, Y)
+            total = part if total is None else total.add_(part)
+        return total
+
+    def loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """``L(θ)`` as a 0-d tensor (at the model's current parameters by default)."""
+        theta = self._theta(theta)
+        with torch.no_grad():
+            return self.accumulate(lambda X, Y: self.chunk_risk(theta, X, Y))
+
+    def gradient(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """``∇L(θ)`` as a flat vector."""
+        return self.loss_and_gradient(theta)[1]
+
+    def loss_and_gradient(self, theta: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``(L(θ), ∇L(θ))`` in one pass over the data."""
+        leaf = self._theta(theta).detach().requires_grad_(True)
+        value = torch.zeros((), dtype=self.dtype, device=self.device)
+        gradient = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        for X, Y in self.chunks():
+            part = self.chunk_risk(leaf, X, Y)
+            gradient += torch.autograd.grad(part, leaf)[0]
+            value += part.detach()
+        return value, gradient
+
+    def per_sample_losses(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``n`` per-sample losses ``ℓ_i(θ)``."""
+        theta = self._theta(theta)
+        with torch.no_grad():
+            return torch.cat([self.chunk_losses(theta, X, Y) for X, Y in self.chunks()])
+
+    def iter_per_sample_gradients(
+        self, theta: torch.Tensor | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield per-sample gradients ``∇ℓ_i(θ)`` chunk by chunk, each of shape ``(chunk, dim)``.
+
+        Computed with ``vmap(grad(ℓ))`` over the samples of a chunk.
+        """
+        theta = self._theta(theta).detach()
+        per_sample = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
+        for X, Y in self.chunks():
+            yield per_sample(theta, X, Y)
+
+    def per_sample_gradients(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """All per-sample gradients as an ``(n, dim)`` tensor (mind the memory: ``n·dim``)."""
+        return torch.cat(list(self.iter_per_sample_gradients(theta)))
+
+    def __repr__(self) -> str:
+        return (
+            f"Objective(model={type(self.model).__name__}, loss={self.loss_name!r}, n={self.n}, "
+            f"dim={self.dim}, dtype={self.dtype}, device={self.device}, "
+            f"chunk_size={self.chunk_size})"
+        )
+
+
+def _refuse_train_mode(model: nn.Module) -> None:
+    offenders = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _STOCHASTIC_IN_TRAIN)
+    ]
+    if offenders:
+        raise ValueError(
+            f"the model is in train mode with stochastic or batch-dependent modules "
+            f"({', '.join(offenders[:3])}{', ...' if len(offenders) > 3 else ''}), so curvature "
+            "operators would not be deterministic. Call model.eval() first (valleys never does it "
+            "for you), or pass allow_train_mode=True if you really want train-mode behaviour."
+        )
+
+
+def _select_parameters(named: dict[str, nn.Parameter], patterns: Sequence[str] | None) -> list:
+    if patterns is None:
+        names = [k for k, p in named.items() if p.requires_grad]
+        if not names:
+            raise ValueError("the model has no parameters with requires_grad=True")
+        return names
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    names = []
+    for pattern in patterns:
+        hits = [k for k in named if fnmatch.fnmatchcase(k, pattern)]
+        if not hits:
+            raise ValueError(
+                f"parameter pattern {pattern!r} matches none of the model's parameters "
+                f"{list(named)[:6]}{' ...' if len(named) > 6 else ''}"
+            )
+        names.extend(k for k in hits if k not in names)
+    return [k for k in named if k in names]  # keep the model's order
+
+
+def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
+    if isinstance(data, tuple | list) and len(data) == 2 and all(
+        isinstance(t, torch.Tensor) for t in data
+    ):
+        return (data[0], data[1]), None
+    if isinstance(data, torch.Tensor):
+        raise TypeError("data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches")
+    if isinstance(data, Iterator):
+        raise TypeError(
+            "data is a one-shot iterator (e.g. a generator); curvature solvers pass over the data "
+            "many times, so give a list of batches or a DataLoader instead"
+        )
+    if not isinstance(data, Iterable):
+        raise TypeError(
+            f"data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches, got "
+            f"{type(data).__name__}"
+        )
+    sampler = getattr(data, "sampler", None)
+    if isinstance(sampler, torch.utils.data.RandomSampler):
+        raise ValueError(
+            "the DataLoader shuffles (shuffle=True); the objective must see the same data on "
+            "every pass, so build it with shuffle=False"
+        )
+    if getattr(data, "drop_last", False):
+        raise ValueError("the DataLoader has drop_last=True, which silently drops samples")
+    return None, _BatchIterable(data)
+
+
+class _BatchIterable:
+    """Re-iterable view of a user's batches that checks each item is an (X, Y) pair."""
+
+    def __init__(self, batches: Iterable) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in self.batches:
+            if not (isinstance(item, tuple | list) and len(item) == 2):
+                raise TypeError(
+                    f"each batch must be a pair (X, Y) of tensors, got {type(item).__name__}"
+                )
+            yield item[0], item[1]
+
+
+def _check_batch(X: torch.Tensor, Y: torch.Tensor, dtype: torch.dtype) -> None:
+    if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
+        raise TypeError("inputs and targets must be torch tensors")
+    if X.ndim == 0 or Y.ndim == 0 or X.shape[0] != Y.shape[0]:
+        raise ValueError(
+            f"inputs and targets must have the same number of samples along dim 0, got "
+            f"X{tuple(X.shape)} and Y{tuple(Y.shape)}"
+        )
+    if X.is_floating_point() and X.dtype != dtype:
+        raise TypeError(
+            f"inputs are {X.dtype} but the model's parameters are {dtype}; convert one of them "
+            f"(X.to({dtype}) or model.to({X.dtype}))"
+        )
+    if Y.is_floating_point() and Y.dtype != dtype:
+        raise TypeError(f"targets are {Y.dtype} but the model's parameters are {dtype}")
+    for name, t in (("inputs", X), ("targets", Y)):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"the {name} contain NaN or infinite values; clean the data first")

@@ -1,0 +1,256 @@
+"""The one operator abstraction: a linear map on flat parameter vectors.
+
+Every curvature matrix in valleys (Hessian, GGN, Fisher, gradient covariance, Hessian variance)
+is a :class:`LinearOperator` of shape ``(p, p)`` acting on flat tensors of the operator's dtype
+and device. A subclass implements one method, :meth:`LinearOperator._matmat` (or
+:meth:`LinearOperator._matvec`); everything else (validation, counting, algebra, dense and SciPy
+export) lives here. Solvers in :mod:`valleys.linalg` only ever call :meth:`matvec`/:meth:`matmat`,
+so they run wherever the operator's tensors live, with no host round trip.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["DenseOperator", "LambdaOperator", "LinearOperator"]
+
+
+class LinearOperator:
+    """A linear map ``R^p -> R^p`` on flat torch tensors.
+
+    Args:
+        size: the dimension ``p``.
+        dtype: dtype of the vectors the operator accepts and returns.
+        device: device of those vectors.
+        symmetric: whether the operator is self-adjoint (all curvature operators are; products
+            of two symmetric operators generally are not).
+
+    Attributes:
+        num_matvecs: number of vectors the operator has been applied to since creation
+            (a ``matmat`` with ``k`` columns counts ``k``). Solvers report their own counts.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        *,
+        symmetric: bool = True,
+    ) -> None:
+        if not isinstance(size, numbers.Integral) or size <= 0:
+            raise ValueError(f"operator size must be a positive integer, got {size!r}")
+        self.size = int(size)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.symmetric = symmetric
+        self.num_matvecs = 0
+
+    # -- the one hook -----------------------------------------------------------------------
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._matmat(v.unsqueeze(1)).squeeze(1)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._matvec(V[:, j]) for j in range(V.shape[1])], dim=1)
+
+    # -- public application -----------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    def _check(self, x: torch.Tensor, ndim: int) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} acts on torch tensors, got {type(x).__name__}")
+        if x.ndim != ndim or x.shape[0] != self.size:
+            want = f"({self.size},)" if ndim == 1 else f"({self.size}, k)"
+            raise ValueError(
+                f"{type(self).__name__} of size {self.size} needs a tensor of shape {want}, "
+                f"got {tuple(x.shape)}"
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{type(self).__name__} works in {self.dtype}, got a {x.dtype} tensor; "
+                f"convert it with .to({self.dtype})"
+            )
+        if x.device != self.device and not (
+            x.device.type == self.device.type and self.device.index is None
+        ):
+            raise ValueError(
+                f"{type(self).__name__} lives on {self.device}, got a tensor on {x.device}; "
+                f"move it with .to('{self.device}')"
+            )
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Return ``A v`` for a flat vector ``v`` of shape ``(p,)``."""
+        self._check(v, 1)
+        self.num_matvecs += 1
+        return self._matvec(v)
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """Return ``A V`` for a block of column vectors ``V`` of shape ``(p, k)``."""
+        self._check(V, 2)
+        self.num_matvecs += V.shape[1]
+        return self._matmat(V)
+
+    def __matmul__(self, other):
+        if isinstance(other, LinearOperator):
+            return _ProductOperator(self, other)
+        if isinstance(other, torch.Tensor):
+            return self.matvec(other) if other.ndim == 1 else self.matmat(other)
+        return NotImplemented
+
+    # -- algebra ----------------------------------------------------------------------------
+    def __add__(self, other):
+        if isinstance(other, LinearOperator):
+            return _SumOperator(self, other, 1.0)
+        return NotImplemented
+
+    def __sub__(self, other):
+        if isinstance(other, LinearOperator):
+            return _SumOperator(self, other, -1.0)
+        return NotImplemented
+
+    def __mul__(self, scalar):
+        if isinstance(scalar, numbers.Real) and not isinstance(scalar, bool):
+            return _ScaledOperator(self, float(scalar))
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scalar):
+        if isinstance(scalar, numbers.Real) and not isinstance(scalar, bool):
+            return _ScaledOperator(self, 1.0 / float(scalar))
+        return NotImplemented
+
+    def __neg__(self):
+        return _ScaledOperator(self, -1.0)
+
+    # -- export -----------------------------------------------------------------------------
+    def to_dense(self, *, block_size: int = 256) -> torch.Tensor:
+        """The ``(p, p)`` matrix, built from ``p`` matvecs in blocks. For small problems only."""
+        if self.size > 20_000:
+            raise ValueError(
+                f"to_dense() of a {self.size}x{self.size} operator needs "
+                f"{self.size**2 * torch.finfo(self.dtype).bits / 8 / 2**30:.1f} GiB; use the "
+                "iterative solvers in valleys.linalg instead"
+            )
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        cols = [self.matmat(eye[:, j : j + block_size]) for j in range(0, self.size, block_size)]
+        return torch.cat(cols, dim=1)
+
+    def to_scipy(self):
+        """A :class:`scipy.sparse.linalg.LinearOperator` view (converts through NumPy each call).
+
+        Prefer valleys' own solvers, which avoid the host round trip and thread contention.
+        """
+        from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
+
+        np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+
+        def apply(x: np.ndarray) -> np.ndarray:
+            x = np.asarray(x)
+            t = torch.as_tensor(x.astype(np_dtype, copy=False), device=self.device)
+            out = self.matvec(t.reshape(-1)) if x.ndim == 1 or x.shape[1] == 1 else self.matmat(t)
+            return out.detach().cpu().numpy().reshape(x.shape)
+
+        return ScipyLinearOperator(
+            shape=self.shape,
+            matvec=apply,
+            rmatvec=apply if self.symmetric else None,
+            matmat=apply,
+            dtype=np_dtype,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, dtype={self.dtype}, device={self.device})"
+
+
+def _check_compatible(a: LinearOperator, b: LinearOperator) -> None:
+    if a.size != b.size or a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(
+            f"cannot combine {a!r} with {b!r}: sizes, dtypes and devices must agree"
+        )
+
+
+class _SumOperator(LinearOperator):
+    def __init__(self, a: LinearOperator, b: LinearOperator, sign: float) -> None:
+        _check_compatible(a, b)
+        super().__init__(a.size, a.dtype, a.device, symmetric=a.symmetric and b.symmetric)
+        self.a, self.b, self.sign = a, b, sign
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.a.matmat(V).add_(self.b.matmat(V), alpha=self.sign)
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.a.matvec(v).add_(self.b.matvec(v), alpha=self.sign)
+
+
+class _ScaledOperator(LinearOperator):
+    def __init__(self, a: LinearOperator, scale: float) -> None:
+        super().__init__(a.size, a.dtype, a.device, symmetric=a.symmetric)
+        self.a, self.scale = a, scale
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.a.matmat(V).mul_(self.scale)
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.a.matvec(v).mul_(self.scale)
+
+
+class _ProductOperator(LinearOperator):
+    def __init__(self, a: LinearOperator, b: LinearOperator) -> None:
+        _check_compatible(a, b)
+        super().__init__(a.size, a.dtype, a.device, symmetric=False)
+        self.a, self.b = a, b
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.a.matmat(self.b.matmat(V))
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.a.matvec(self.b.matvec(v))
+
+
+class DenseOperator(LinearOperator):
+    """A linear operator backed by an explicit square matrix (tests, small problems)."""
+
+    def __init__(self, matrix: torch.Tensor, *, symmetric: bool | None = None) -> None:
+        if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2:
+            raise TypeError("DenseOperator needs a 2-D torch tensor")
+        if matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"DenseOperator needs a square matrix, got {tuple(matrix.shape)}")
+        if not torch.isfinite(matrix).all():
+            raise ValueError("DenseOperator matrix has non-finite entries")
+        if symmetric is None:
+            tol = 1e-6 * max(matrix.abs().max().item(), 1.0)
+            symmetric = bool(torch.allclose(matrix, matrix.T, atol=tol, rtol=0))
+        super().__init__(matrix.shape[0], matrix.dtype, matrix.device, symmetric=symmetric)
+        self.matrix = matrix
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ V
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ v
+
+
+class LambdaOperator(LinearOperator):
+    """Wrap a function ``v -> A v`` (on flat vectors) as an operator."""
+
+    def __init__(
+        self,
+        matvec: Callable[[torch.Tensor], torch.Tensor],
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        *,
+        symmetric: bool = True,
+    ) -> None:
+        super().__init__(size, dtype, device, symmetric=symmetric)
+        self._fn = matvec
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._fn(v)

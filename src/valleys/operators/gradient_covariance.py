@@ -1,0 +1,47 @@
+"""The covariance of per-sample gradients (the covariance of SGD's gradient noise)."""
+
+from __future__ import annotations
+
+import torch
+
+from valleys.objective import Objective
+from valleys.operators.base import LinearOperator
+from valleys.operators.fisher import EmpiricalFisherOperator
+
+__all__ = ["GradientCovarianceOperator", "gradient_covariance"]
+
+
+class GradientCovarianceOperator(LinearOperator):
+    r"""Per-sample gradient covariance
+
+    .. math::  C = \frac1n \sum_{i=1}^n (g_i − g)(g_i − g)^\top = F − g g^\top,
+               \qquad g = ∇L(θ),
+
+    the empirical Fisher ``F`` minus the outer product of the full gradient. The gradient of a
+    mini-batch of ``B`` samples drawn without replacement has covariance
+    ``(n−B)/(B(n−1)) · C`` (with replacement: ``C/B``).
+    """
+
+    def __init__(
+        self, objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+    ) -> None:
+        self.fisher = EmpiricalFisherOperator(objective, theta, cache=cache)
+        super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
+        self.objective = objective
+        self.theta = self.fisher.theta
+        self.mean_gradient = objective.gradient(self.theta)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        g = self.mean_gradient
+        return self.fisher.matmat(V) - torch.outer(g, g @ V)
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        g = self.mean_gradient
+        return self.fisher.matvec(v) - g * (g @ v)
+
+
+def gradient_covariance(
+    objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+) -> GradientCovarianceOperator:
+    """The per-sample gradient covariance ``(1/n) Σ (g_i−g)(g_i−g)ᵀ`` as a linear operator."""
+    return GradientCovarianceOperator(objective, theta, cache=cache)
