@@ -1,3 +1,26 @@
-"""valleys: the training dynamics of neural networks."""
+"""valleys: the training dynamics of neural networks.
+
+The curated public surface. Curvature engine: an :class:`Objective` (the empirical risk), its
+curvature matrices as :class:`LinearOperator` objects, and pure-function solvers that read
+spectra off them.
+"""
 
 from valleys._version import __version__ as __version__
+from valleys.linalg import EigshResult as EigshResult
+from valleys.linalg import SpectralDensity as SpectralDensity
+from valleys.linalg import TraceResult as TraceResult
+from valleys.linalg import eigsh as eigsh
+from valleys.linalg import power_iteration as power_iteration
+from valleys.linalg import spectral_density as spectral_density
+from valleys.linalg import trace as trace
+from valleys.objective import Objective as Objective
+from valleys.operators import DenseOperator as DenseOperator
+from valleys.operators import LambdaOperator as LambdaOperator
+from valleys.operators import LinearOperator as LinearOperator
+from valleys.operators import empirical_fisher as empirical_fisher
+from valleys.operators import ggn as ggn
+from valleys.operators import gradient_covariance as gradient_covariance
+from valleys.operators import hessian as hessian
+from valleys.operators import hessian_variance as hessian_variance
+from valleys.sharpness import nonuniformity as nonuniformity
+from valleys.sharpness import sharpness as sharpness

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.func import grad, jvp
+from torch.func import grad, jvp, vmap
 
 from valleys.objective import Objective
 from valleys.operators.curvature import CurvatureOperator, vjp_rows
@@ -58,7 +58,7 @@ class HessianOperator(CurvatureOperator):
         if self.backend == "forward-over-reverse":
             X, Y = state
             gradient = grad(lambda t: self.objective.chunk_risk(t, X, Y))
-            return torch.stack([jvp(gradient, (self.theta,), (v,))[1] for v in V])
+            return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(V)
         leaf, g = state
         return vjp_rows(g, leaf, V)
 

@@ -1,0 +1,3 @@
+from valleys.cli import main
+
+main()

@@ -1,0 +1,202 @@
+"""The ``valleys`` command line: ``valleys curvature``, ``valleys problems``.
+
+Bad input prints one line on stderr and exits with status 2; results go to a folder the
+command prints (and, with ``--json``, to stdout as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from valleys._version import __version__
+
+app = typer.Typer(
+    name="valleys",
+    help="Training dynamics of neural networks: curvature, stability, noise, landscapes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+DTYPES = {"float32", "float64"}
+TRACE_METHODS = ("hutch++", "hutchinson", "exact")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"valleys {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """valleys: which minima does an optimizer select, and why?"""
+
+
+@app.command()
+def problems() -> None:
+    """List the built-in problems."""
+    from valleys.problems import PROBLEMS
+
+    table = Table("name", "description", "loss")
+    for spec in PROBLEMS.values():
+        table.add_row(spec.name, spec.description, spec.loss)
+    Console().print(table)
+
+
+@app.command()
+def curvature(
+    problem: Annotated[str, typer.Option(help="Built-in problem (see `valleys problems`).")] = (
+        "digits-mlp"
+    ),
+    k: Annotated[int, typer.Option("--k", "-k", help="Number of top eigenvalues.")] = 5,
+    tol: Annotated[float, typer.Option(help="Relative residual tolerance of Lanczos.")] = 1e-4,
+    trace_method: Annotated[str, typer.Option(help="hutch++, hutchinson or exact.")] = "hutch++",
+    trace_matvecs: Annotated[int, typer.Option(help="Matvec budget of the trace.")] = 99,
+    probes: Annotated[int, typer.Option(help="Probe vectors of the spectral density.")] = 5,
+    lanczos_steps: Annotated[int, typer.Option(help="Lanczos steps per density probe.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of data, model, training and solvers.")] = 0,
+    untrained: Annotated[
+        bool, typer.Option("--untrained", help="Analyse the initialization instead.")
+    ] = False,
+    num_samples: Annotated[
+        int | None, typer.Option(help="MNIST-1D only: samples to generate.")
+    ] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Samples per chunk (bounds memory).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/curvature"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Sharpness, top-k Hessian eigenvalues, trace and spectral density of a built-in problem."""
+    import torch
+
+    import valleys
+    from valleys.problems import load_problem
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
+    if trace_method not in TRACE_METHODS:
+        raise ValueError(f"--trace-method must be one of {TRACE_METHODS}, got {trace_method!r}")
+    for name, value in (("--k", k), ("--probes", probes), ("--lanczos-steps", lanczos_steps)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+    ) as progress:
+        task = progress.add_task("loading problem", total=4)
+        prob = load_problem(
+            problem,
+            trained=not untrained,
+            seed=seed,
+            num_samples=num_samples,
+            dtype=getattr(torch, dtype),
+            device=device,
+        )
+        obj = prob.objective(chunk_size=chunk_size)
+        H = valleys.hessian(obj)
+        progress.update(task, advance=1, description=f"top-{k} eigenvalues")
+        eig = valleys.eigsh(H, k=k, which="largest", tol=tol, seed=seed)
+        progress.update(task, advance=1, description=f"trace ({trace_method})")
+        tr = valleys.trace(H, method=trace_method, num_matvecs=trace_matvecs, seed=seed)
+        progress.update(task, advance=1, description="spectral density")
+        density = valleys.spectral_density(
+            H, num_probes=probes, lanczos_steps=lanczos_steps, seed=seed
+        )
+        progress.update(task, advance=1, description="done")
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "problem": problem,
+        "trained": not untrained,
+        "checkpoint": str(prob.checkpoint) if prob.checkpoint else None,
+        "n": obj.n,
+        "num_parameters": obj.dim,
+        "loss_convention": obj.loss_name,
+        "loss": float(obj.loss()),
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
+        "sharpness": float(eig.values[0]),
+        "eigenvalues": eig.to_dict(),
+        "trace": tr.to_dict(),
+        "density": {k_: v for k_, v in density.to_dict().items() if k_ not in ("grid", "density")},
+        "wall_time": time.perf_counter() - started,
+        "valleys_version": __version__,
+    }
+    _write_json(out / "curvature.json", summary)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    density.plot(ax=ax, log=True)
+    for value in eig.values.tolist():
+        ax.axvline(value, color="tab:red", lw=0.6, alpha=0.6)
+    ax.set_title(f"Hessian spectral density: {problem} (n={obj.n}, p={obj.dim})")
+    fig.tight_layout()
+    for suffix in ("png", "svg"):
+        fig.savefig(out / f"spectral_density.{suffix}", dpi=150)
+    plt.close(fig)
+
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"curvature of {problem} ({'trained' if not untrained else 'init'})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("how", style="dim")
+    table.add_row("loss", f"{summary['loss']:.4g}", f"{obj.loss_name}, n={obj.n}, p={obj.dim}")
+    table.add_row("sharpness λ₁", f"{eig.values[0]:.6g}", f"Lanczos, tol {tol:g}")
+    for i, value in enumerate(eig.values.tolist()[1:], start=2):
+        table.add_row(f"λ{i}", f"{value:.6g}", "")
+    table.add_row("", "", f"{eig.matvecs} matvecs, converged={eig.converged}")
+    how = f"{tr.method}, {tr.matvecs} matvecs"
+    table.add_row("trace", f"{tr.value:.6g} ± {tr.stderr:.2g}", how)
+    table.add_row("density", f"{probes} probes", f"SLQ, {density.matvecs} matvecs")
+    Console().print(table)
+    Console().print(f"results written to {out.resolve()}")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into one line and exit status 2."""
+    # Usage errors (unknown options, bad types) are handled by typer itself, also with status 2.
+    try:
+        app()
+    except (ValueError, TypeError) as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Result records returned by the solvers in :mod:`valleys.linalg`.
+
+All records are frozen dataclasses. ``to_dict()`` gives a JSON-friendly view: tensors become
+lists of floats, non-finite floats become ``None`` (JSON has no NaN) and eigenvectors are dropped
+(they are large and rarely worth serializing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["EigshResult", "SpectralDensity", "TraceResult"]
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.detach().cpu().double().tolist())
+    if isinstance(x, list):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
+
+
+def _to_dict(record: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        f.name: _jsonable(getattr(record, f.name))
+        for f in dataclasses.fields(record)
+        if f.name not in drop
+    }
+
+
+# eq=False: the fields hold tensors, whose elementwise == would make the generated __eq__ raise.
+@dataclass(frozen=True, eq=False)
+class EigshResult:
+    """Eigenpairs of a symmetric operator.
+
+    Attributes:
+        values: ``(k,)`` eigenvalue estimates (Ritz values): descending for ``which="largest"``,
+            ascending for ``"smallest"``, by descending ``|λ|`` for ``"magnitude"``.
+        vectors: ``(p, k)`` orthonormal eigenvector estimates, in the operator's dtype and device.
+        residuals: ``(k,)`` residual norms ``‖A v_i − λ_i v_i‖``. For Lanczos these come from the
+            recurrence (``|β_m s_{m,i}|``), which is exact up to rounding because the basis is
+            kept orthogonal; power iteration measures them directly.
+        matvecs: operator applications the solver made.
+        converged: whether every residual met ``tol · |λ_i|``.
+        tol: the requested relative tolerance.
+        which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
+        method: ``"lanczos"`` or ``"power"``.
+        seed: seed of the random start vector (``None``: unseeded).
+        restarts: number of thick restarts.
+        wall_time: seconds spent in the solver.
+    """
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    residuals: torch.Tensor
+    matvecs: int
+    converged: bool
+    tol: float
+    which: str
+    method: str
+    seed: int | None
+    restarts: int
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of everything but ``vectors``."""
+        return _to_dict(self, drop=("vectors",))
+
+
+@dataclass(frozen=True, eq=False)
+class TraceResult:
+    """A (stochastic) trace estimate.
+
+    Attributes:
+        value: the estimate of ``tr(A)``.
+        stderr: its standard error (0 for ``"exact"``; NaN when a single random sample leaves
+            no spread to measure).
+        matvecs: operator applications used.
+        method: ``"hutchinson"``, ``"hutch++"`` or ``"exact"``.
+        seed: seed of the random probes.
+        num_samples: number of random quadratic forms averaged (0 for ``"exact"``).
+        wall_time: seconds spent.
+    """
+
+    value: float
+    stderr: float
+    matvecs: int
+    method: str
+    seed: int | None
+    num_samples: int
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of all fields."""
+        return _to_dict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class SpectralDensity:
+    """A smoothed eigenvalue density from stochastic Lanczos quadrature.
+
+    Attributes:
+        grid: ``(n,)`` points where the density is evaluated.
+        density: ``(n,)`` density values; integrates to ~1 over a grid covering the spectrum.
+        nodes: ``(num_probes, m)`` Gauss quadrature nodes (Ritz values) per probe.
+        weights: ``(num_probes, m)`` quadrature weights per probe; each row sums to 1. Rows of
+            probes whose Lanczos run stopped early are padded with zero weights.
+        sigma: standard deviation of the Gaussian kernel.
+        matvecs: operator applications used.
+        seed: seed of the random probes.
+        wall_time: seconds spent.
+    """
+
+    grid: torch.Tensor
+    density: torch.Tensor
+    nodes: torch.Tensor
+    weights: torch.Tensor
+    sigma: float
+    matvecs: int
+    seed: int | None
+    wall_time: float
+
+    def moments(self, k: int) -> float:
+        """Quadrature estimate of the normalized spectral moment ``tr(A^k) / p``.
+
+        Each probe's Gauss rule is exact for polynomials of degree ``< 2m``, so for small ``k``
+        this is exactly the Hutchinson estimate ``mean_i v_iᵀ A^k v_i`` with unit probes.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"moment order must be a non-negative integer, got {k!r}")
+        per_probe = (self.weights * self.nodes.pow(k)).sum(dim=1)
+        return float(per_probe.mean())
+
+    def plot(self, ax: Any = None, log: bool = False, **kwargs: Any) -> Any:
+        """Plot the density on ``ax`` (a new figure when ``None``) and return the Axes.
+
+        Args:
+            ax: a matplotlib Axes.
+            log: use a logarithmic density axis (floored at 1e-8 of the peak, since the
+                Gaussian tails underflow).
+            **kwargs: passed to ``ax.plot``.
+        """
+        import matplotlib.pyplot as plt  # lazily: importing pyplot is slow and needs a backend
+
+        if ax is None:
+            _, ax = plt.subplots()
+        grid = self.grid.detach().cpu().double().numpy()
+        density = self.density.detach().cpu().double().numpy()
+        ax.plot(grid, density, **kwargs)
+        if log:
+            peak = float(density.max()) if density.size else 1.0
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=max(peak, 1e-300) * 1e-8)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density")
+        return ax
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of all fields."""
+        return _to_dict(self)

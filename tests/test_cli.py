@@ -1,0 +1,69 @@
+"""The command line: help, version, a JSON report with figures, one-line errors with status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import valleys
+
+
+def run_cli(*args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "valleys", *args], capture_output=True, text=True, env=env,
+        timeout=600,
+    )
+
+
+def test_help_and_version():
+    assert "curvature" in run_cli("--help").stdout
+    done = run_cli("--version")
+    assert done.returncode == 0 and valleys.__version__ in done.stdout
+    assert "--trace-method" in run_cli("curvature", "--help").stdout
+
+
+def test_curvature_report_json_and_files(tmp_path):
+    out = tmp_path / "report"
+    done = run_cli(
+        "curvature", "--problem", "digits-mse", "--k", "3", "--trace-matvecs", "30",
+        "--probes", "2", "--lanczos-steps", "20", "--json", "--out", str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    values = summary["eigenvalues"]["values"]
+    assert len(values) == 3 and values == sorted(values, reverse=True)
+    assert summary["sharpness"] == values[0] > 0
+    assert summary["eigenvalues"]["converged"]
+    assert summary["trace"]["value"] > values[0]  # PSD-dominated spectrum at a minimum
+    assert summary["n"] == 1438
+    for name in ("curvature.json", "spectral_density.png", "spectral_density.svg"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "curvature.json").read_text())["sharpness"] == summary["sharpness"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--problem", "nope"], "unknown problem"),
+        (["--dtype", "float16"], "float32 or float64"),
+        (["--k", "0"], "must be positive"),
+        (["--trace-method", "magic"], "trace-method"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args, message):
+    done = run_cli("curvature", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_unknown_option_is_a_usage_error():
+    done = run_cli("curvature", "--bogus")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,224 @@
+"""Thick-restart Lanczos and power iteration against dense eigensolvers and ARPACK."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from valleys.linalg import EigshResult, eigsh, power_iteration
+from valleys.operators.base import DenseOperator, LambdaOperator
+
+
+def sym_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``Q diag(λ) Qᵀ`` with a random orthogonal ``Q``."""
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=g, dtype=torch.float64))
+    A = (Q * lam) @ Q.T
+    return ((A + A.T) / 2).to(dtype)
+
+
+def reference(A: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    ev = torch.linalg.eigvalsh(A.double())
+    if which == "largest":
+        return ev.flip(0)[:k]
+    if which == "smallest":
+        return ev[:k]
+    return ev[torch.argsort(ev.abs(), descending=True, stable=True)][:k]
+
+
+def check(A: torch.Tensor, res: EigshResult, k: int, which: str, tol: float, slack: float):
+    """Values, residuals (recomputed), orthonormality and the honesty of reported residuals."""
+    assert res.converged
+    p = A.shape[0]
+    assert res.values.shape == (k,) and res.residuals.shape == (k,)
+    assert res.vectors.shape == (p, k) and res.vectors.dtype == A.dtype
+    scale = float(torch.linalg.matrix_norm(A.double(), ord=2))
+    ref = reference(A, k, which)
+    vals = res.values.double()
+    assert torch.all((vals - ref).abs() <= tol * ref.abs() + slack * scale), (vals, ref)
+    V = res.vectors.double()
+    assert torch.allclose(V.T @ V, torch.eye(k, dtype=torch.float64), atol=1e3 * slack)
+    true_res = torch.linalg.vector_norm(A.double() @ V - V * vals, dim=0)
+    assert torch.all(true_res <= tol * vals.abs() + slack * scale), (true_res, vals)
+    assert torch.allclose(res.residuals.double(), true_res, rtol=0, atol=slack * scale)
+
+
+SEPARATED = torch.cat(
+    [torch.tensor([10, 8, 6.5, 5, 4, 3.2, 2.5, 2, 1.6, 1.3]), torch.linspace(-1, 1, 390)]
+)
+CLUSTERED = torch.cat([1 - 1e-3 * torch.arange(12.0), torch.linspace(0, 0.9, 288)])
+INDEFINITE = torch.linspace(-3, 2, 500)
+NEGATIVE = -torch.linspace(1, 5, 300)
+LOW_RANK = torch.cat([torch.arange(10, 0, -1.0) / 2, torch.zeros(490)])
+
+
+@pytest.mark.parametrize(
+    ("spectrum", "which", "k"),
+    [
+        (SEPARATED, "largest", 1),
+        (SEPARATED, "largest", 5),
+        (SEPARATED, "largest", 10),
+        (SEPARATED, "magnitude", 5),
+        (CLUSTERED, "largest", 5),
+        (CLUSTERED, "largest", 10),
+        (INDEFINITE, "smallest", 5),
+        (INDEFINITE, "magnitude", 5),
+        (INDEFINITE, "largest", 3),
+        (NEGATIVE, "largest", 3),
+        (NEGATIVE, "smallest", 3),
+        (NEGATIVE, "magnitude", 1),
+        (LOW_RANK, "largest", 10),
+        (LOW_RANK, "magnitude", 3),
+        (LOW_RANK, "smallest", 2),  # the repeated zero: found through the near-breakdown rule
+    ],
+)
+def test_matches_dense_eigensolver(spectrum, which, k):
+    A = sym_matrix(spectrum)
+    res = eigsh(DenseOperator(A), k=k, which=which, tol=1e-6)
+    check(A, res, k, which, tol=1e-6, slack=1e-9)
+    assert res.matvecs <= 1000 and res.method == "lanczos" and res.which == which
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "magnitude"])
+def test_tiny_operator_is_exact(which):
+    A = sym_matrix([3.0, 1.5, -2.0, 0.5, -0.1])
+    res = eigsh(DenseOperator(A), k=4, which=which, tol=1e-10)
+    check(A, res, 4, which, tol=1e-10, slack=1e-12)
+    assert res.matvecs == 5
+
+
+def test_repeated_eigenvalue_after_breakdown():
+    op = DenseOperator(torch.eye(50, dtype=torch.float64) * 2.0)
+    res = eigsh(op, k=3)
+    assert res.converged and torch.allclose(res.values, torch.full((3,), 2.0, dtype=torch.float64))
+    V = res.vectors
+    assert torch.allclose(V.T @ V, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_eigenvector_start_still_finds_the_top():
+    A = sym_matrix(INDEFINITE)
+    _, U = torch.linalg.eigh(A)
+    res = eigsh(DenseOperator(A), k=1, v0=U[:, 200].clone())  # an interior eigenvector
+    check(A, res, 1, "largest", tol=1e-4, slack=1e-9)
+    warm = eigsh(DenseOperator(A), k=1, v0=U[:, -1].clone())  # the answer itself
+    assert warm.converged and abs(warm.values.item() - 2.0) < 1e-10
+
+
+def _counting(A: torch.Tensor):
+    count = [0]
+
+    def matvec(v):
+        count[0] += 1
+        return A @ v
+
+    return LambdaOperator(matvec, A.shape[0], A.dtype), count
+
+
+def _arpack_matvecs(A: torch.Tensor, k: int, seed: int) -> int:
+    from scipy.sparse.linalg import eigsh as arpack
+
+    op, count = _counting(A)
+    v0 = np.random.default_rng(seed).standard_normal(A.shape[0])
+    arpack(op.to_scipy(), k=k, which="LA", tol=1e-4, v0=v0)
+    return count[0]
+
+
+GAP_09 = torch.cat([torch.tensor([1.0, 0.9]), torch.linspace(0.85, 0.0, 498)])  # λ2/λ1 = 0.9
+GEOMETRIC = 0.95 ** torch.arange(500.0)
+POWER_LAW = 1.0 / (1.0 + torch.arange(500.0))
+
+
+@pytest.mark.parametrize(
+    ("spectrum", "k", "ratio"),
+    [(GAP_09, 1, 1.0), (GEOMETRIC, 1, 1.0), (GEOMETRIC, 10, 1.2), (POWER_LAW, 10, 1.2)],
+)
+def test_matvecs_versus_arpack(spectrum, k, ratio):
+    """Same tolerance criterion, same basis size (20, resp. 2k + 1): per-step convergence tests
+    should make top-1 no more expensive than ARPACK, which checks once per restart cycle."""
+    A = sym_matrix(spectrum)
+    ours = []
+    for seed in range(4):
+        op, count = _counting(A)
+        res = eigsh(op, k=k, tol=1e-4, seed=seed)
+        check(A, res, k, "largest", tol=1e-4, slack=1e-9)
+        assert res.matvecs == count[0] == op.num_matvecs
+        ours.append(res.matvecs)
+    arpack = [_arpack_matvecs(A, k, seed) for seed in range(4)]
+    print(f"top-{k}: valleys matvecs {ours}, ARPACK {arpack}")
+    assert np.mean(ours) <= ratio * np.mean(arpack)
+
+
+def test_same_seed_same_result_and_seed_matters():
+    op = DenseOperator(sym_matrix(INDEFINITE))
+    a, b = eigsh(op, k=3, seed=7), eigsh(op, k=3, seed=7)
+    assert torch.equal(a.values, b.values) and torch.equal(a.vectors, b.vectors)
+    assert a.matvecs == b.matvecs
+    c = eigsh(op, k=3, seed=8)
+    assert not torch.equal(a.vectors, c.vectors)
+
+
+def test_float32():
+    A = sym_matrix(INDEFINITE, dtype=torch.float32)
+    res = eigsh(DenseOperator(A), k=5, which="magnitude", tol=1e-4)
+    assert res.values.dtype == res.vectors.dtype == res.residuals.dtype == torch.float32
+    check(A, res, 5, "magnitude", tol=1e-4, slack=1e-5)
+
+
+def test_budget_respected_and_reported():
+    op = DenseOperator(sym_matrix(torch.linspace(1, 2, 400)))
+    res = eigsh(op, k=5, tol=1e-8, max_matvecs=30)
+    assert not res.converged and res.matvecs == 30 and op.num_matvecs == 30
+    assert res.values.shape == (5,) and torch.all(res.residuals > 0)
+    json.dumps(res.to_dict())
+    assert "vectors" not in res.to_dict()
+
+
+def test_power_iteration():
+    A = sym_matrix(torch.cat([torch.tensor([-1.0, 0.8]), torch.linspace(0.7, -0.5, 198)]))
+    res = power_iteration(DenseOperator(A), tol=1e-4)
+    assert res.method == "power" and res.which == "magnitude" and res.converged
+    check(A, res, 1, "magnitude", tol=1e-4, slack=1e-12)
+    lanczos = eigsh(DenseOperator(A), k=1, which="magnitude", tol=1e-4)
+    assert lanczos.matvecs < res.matvecs
+    capped = power_iteration(DenseOperator(A), tol=1e-12, max_matvecs=5)
+    assert not capped.converged and capped.matvecs == 5
+
+
+def test_bad_inputs():
+    A = sym_matrix(torch.linspace(-1, 1, 20))
+    op = DenseOperator(A)
+    with pytest.raises(TypeError, match="LinearOperator"):
+        eigsh(A)
+    with pytest.raises(ValueError, match="symmetric"):
+        eigsh(DenseOperator(torch.triu(A) + 1.0))
+    for k in (0, 20, 2.0, True):
+        with pytest.raises(ValueError, match="k must be"):
+            eigsh(op, k=k)
+    with pytest.raises(ValueError, match="which"):
+        eigsh(op, which="LM")
+    for tol in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tol"):
+            eigsh(op, tol=tol)
+    with pytest.raises(ValueError, match="ncv"):
+        eigsh(op, k=5, ncv=6)
+    with pytest.raises(ValueError, match="max_matvecs"):
+        eigsh(op, k=3, max_matvecs=2)
+    with pytest.raises(ValueError, match="shape"):
+        eigsh(op, v0=torch.ones(19, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        eigsh(op, v0=torch.ones(20))
+    with pytest.raises(ValueError, match="nonzero"):
+        eigsh(op, v0=torch.zeros(20, dtype=torch.float64))
+    with pytest.raises(TypeError, match="seed"):
+        eigsh(op, seed=1.5)
+    nan_op = LambdaOperator(lambda v: v * float("nan"), 20, torch.float64)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        eigsh(nan_op)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        power_iteration(nan_op)
+    with pytest.raises(ValueError, match="tol"):
+        power_iteration(op, tol=0)
