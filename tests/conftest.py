@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import matplotlib
-import pytest
 import torch
 from torch import nn
 from torch.func import hessian as dense_hessian
@@ -111,6 +110,10 @@ class DenseOracle:
         return torch.einsum("nkp,nkl,nlq->pq", J, lam, J) / out.shape[0]
 
 
-@pytest.fixture
-def oracle_factory():
-    return DenseOracle
+def sym_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``Q diag(λ) Qᵀ`` with a random orthogonal ``Q``."""
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=g, dtype=torch.float64))
+    A = (Q * lam) @ Q.T
+    return ((A + A.T) / 2).to(dtype)

@@ -7,18 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import sym_matrix
 
 from valleys.linalg import EigshResult, eigsh, power_iteration
 from valleys.operators.base import DenseOperator, LambdaOperator
-
-
-def sym_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``Q diag(λ) Qᵀ`` with a random orthogonal ``Q``."""
-    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=g, dtype=torch.float64))
-    A = (Q * lam) @ Q.T
-    return ((A + A.T) / 2).to(dtype)
 
 
 def reference(A: torch.Tensor, k: int, which: str) -> torch.Tensor:
@@ -170,7 +162,8 @@ def test_float32():
 
 def test_budget_respected_and_reported():
     op = DenseOperator(sym_matrix(torch.linspace(1, 2, 400)))
-    res = eigsh(op, k=5, tol=1e-8, max_matvecs=30)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        res = eigsh(op, k=5, tol=1e-8, max_matvecs=30)
     assert not res.converged and res.matvecs == 30 and op.num_matvecs == 30
     assert res.values.shape == (5,) and torch.all(res.residuals > 0)
     json.dumps(res.to_dict())
@@ -184,7 +177,8 @@ def test_power_iteration():
     check(A, res, 1, "magnitude", tol=1e-4, slack=1e-12)
     lanczos = eigsh(DenseOperator(A), k=1, which="magnitude", tol=1e-4)
     assert lanczos.matvecs < res.matvecs
-    capped = power_iteration(DenseOperator(A), tol=1e-12, max_matvecs=5)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        capped = power_iteration(DenseOperator(A), tol=1e-12, max_matvecs=5)
     assert not capped.converged and capped.matvecs == 5
 
 
@@ -222,3 +216,16 @@ def test_bad_inputs():
         power_iteration(nan_op)
     with pytest.raises(ValueError, match="tol"):
         power_iteration(op, tol=0)
+
+
+def test_operator_that_mutates_its_input_cannot_corrupt_the_basis():
+    A = sym_matrix(INDEFINITE[::5])
+
+    def rude(v):
+        out = A @ v
+        v.zero_()  # scribbles on its input
+        return out
+
+    op = LambdaOperator(rude, A.shape[0], A.dtype)
+    check(A, eigsh(op, k=3, tol=1e-6), 3, "largest", tol=1e-6, slack=1e-9)
+    check(A, power_iteration(op, tol=1e-3, max_matvecs=5000), 1, "magnitude", 1e-3, 1e-9)

@@ -206,3 +206,11 @@ def test_operator_input_validation():
     other = DenseOperator(torch.eye(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="cannot combine"):
         H + other
+
+
+def test_operator_algebra_never_writes_into_inputs():
+    identity = LambdaOperator(lambda v: v, 3, torch.float64)
+    v = torch.ones(3, dtype=torch.float64)
+    assert torch.equal((2.0 * identity).matvec(v), 2 * torch.ones(3, dtype=torch.float64))
+    assert torch.equal((identity + identity).matvec(v), 2 * torch.ones(3, dtype=torch.float64))
+    assert torch.equal(v, torch.ones(3, dtype=torch.float64))

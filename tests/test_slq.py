@@ -8,19 +8,12 @@ import math
 import matplotlib
 import pytest
 import torch
+from conftest import sym_matrix
 
 from valleys.linalg import SpectralDensity, spectral_density
 from valleys.operators.base import DenseOperator, LambdaOperator
 
 matplotlib.use("Agg")
-
-
-def sym_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=g, dtype=torch.float64))
-    A = (Q * lam) @ Q.T
-    return ((A + A.T) / 2).to(dtype)
 
 
 def smoothed(eigenvalues: torch.Tensor, grid: torch.Tensor, sigma: float) -> torch.Tensor:

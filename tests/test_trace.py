@@ -8,19 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import sym_matrix
 
 from valleys.linalg import TraceResult, trace
 from valleys.operators.base import DenseOperator, LambdaOperator
 
 NUM_SEEDS = 200
-
-
-def sym_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=g, dtype=torch.float64))
-    A = (Q * lam) @ Q.T
-    return ((A + A.T) / 2).to(dtype)
 
 
 # A decaying (PSD) spectrum, where deflation pays off, and a flat indefinite one.
@@ -126,3 +119,15 @@ def test_bad_inputs():
     nan_op = LambdaOperator(lambda v: v * float("inf"), 10, torch.float64)
     with pytest.raises(ValueError, match="NaN/inf"):
         trace(nan_op, "hutchinson", num_matvecs=4)
+
+
+def test_operator_that_mutates_its_input():
+    def rude(v):
+        out = FLAT @ v
+        v.zero_()
+        return out
+
+    op = LambdaOperator(rude, 200, torch.float64)
+    assert trace(op, "exact").value == pytest.approx(float(torch.trace(FLAT)), rel=1e-12)
+    res = trace(op, "hutch++", num_matvecs=60)
+    assert abs(res.value - float(torch.trace(FLAT))) < 5 * res.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 
 import torch
 
@@ -85,8 +86,12 @@ def _start_vector(op: LinearOperator, v0: object, gen: torch.Generator) -> torch
 
 
 def _apply(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
-    """``A v`` with the checks that keep a broken operator from silently poisoning the basis."""
-    w = op.matvec(v)
+    """``A v`` with the checks that keep a broken operator from silently poisoning the basis.
+
+    The operator gets a contiguous copy: basis columns are strided views, and an operator that
+    writes into (or returns) its input must not be able to corrupt the basis.
+    """
+    w = op.matvec(v.clone(memory_format=torch.contiguous_format))
     if not isinstance(w, torch.Tensor) or w.shape != v.shape or w.dtype != v.dtype:
         raise ValueError(
             f"{op!r} returned {getattr(w, 'dtype', type(w).__name__)} of shape "
@@ -111,13 +116,18 @@ def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.argsort(theta.abs(), descending=True, stable=True)
 
 
+def _worst(resid: torch.Tensor, theta: torch.Tensor) -> float:
+    return float((resid / theta.abs().clamp(min=1e-300)).max())
+
+
 class _Lanczos:
     """A Lanczos basis with full reorthogonalization; the one Lanczos step of the package.
 
     Holds the orthonormal basis ``Q`` (``p x (ncv + 1)``, operator dtype/device; the extra column
     is the next Lanczos vector) and the projected matrix ``T = Qᵀ A Q`` (float64, host). Each step
     applies ``A`` once and orthogonalizes against the whole basis with classical Gram-Schmidt
-    done twice ("twice is enough": Giraud, Langou, Rozložník 2005), recording the Gram-Schmidt
+    done twice (Kahan's "twice is enough", B. N. Parlett, The Symmetric Eigenvalue Problem,
+    1980, §6.9), recording the Gram-Schmidt
     coefficients as the new column of ``T``. In exact arithmetic that column is tridiagonal
     (arrow-shaped after a thick restart); recording all of it keeps ``T`` the exact Rayleigh
     quotient either way, so ``A Q_m = Q_m T_m + β q_{m+1} e_mᵀ`` holds to rounding.
@@ -142,14 +152,15 @@ class _Lanczos:
         aq = _apply(self.op, self.Q[:, m])
         self.matvecs += 1
         h = basis.T @ aq
-        # Out of place first: the operator's output may alias its input or internal state.
+        # Out of place first: the operator's output may alias its internal state.
         w = aq - basis @ h
         h2 = basis.T @ w
         w -= basis @ h2
         h += h2
+        # One device-to-host transfer per step: the new column of T and the two norms.
         norms = torch.stack([torch.linalg.vector_norm(w), torch.linalg.vector_norm(aq)])
-        beta, aq_norm = norms.double().cpu().tolist()
-        col = h.double().cpu()
+        host = torch.cat([h, norms]).double().cpu()
+        col, (beta, aq_norm) = host[: m + 1], host[m + 1 :].tolist()
         self.T[: m + 1, m] = col
         self.T[m, : m + 1] = col
         self.m = m + 1
@@ -219,7 +230,7 @@ def eigsh(
 
         ``|β_m s_{m,i}| = ‖A y_i − θ_i y_i‖ ≤ tol · |θ_i|``,
 
-    the same criterion as ARPACK. Since ``A`` is symmetric this guarantees an eigenvalue of ``A``
+    essentially ARPACK's criterion. Since ``A`` is symmetric this guarantees an eigenvalue of ``A``
     within ``tol · |θ_i|`` of ``θ_i`` (and within ``(tol θ_i)² / gap`` when ``θ_i`` is separated
     from the rest of the spectrum by ``gap``). For Ritz values within ``eps^{2/3} ‖A‖`` of zero
     the bound is taken absolute, ``tol · eps^{2/3} ‖A‖``, as a relative one is unreachable there.
@@ -247,9 +258,12 @@ def eigsh(
             (largest ``|λ|``; the one to use for the sharpness of an indefinite Hessian).
         tol: relative residual tolerance.
         max_matvecs: budget of operator applications; when it runs out the current Ritz pairs
-            are returned with ``converged=False``. Default ``max(20 * ncv, 1000)``.
+            are returned with ``converged=False`` and a RuntimeWarning. Default
+            ``max(20 * ncv, 1000)``.
         ncv: basis size, ``k + 2 <= ncv`` (capped at ``p``). Default ``max(2k + 1, 20)``.
         v0: start vector (e.g. the previous step's top eigenvector); default random normal.
+            Acceptance only checks residuals, so a ``v0`` within ``tol`` of a non-extreme
+            eigenvector can be accepted as is; add some noise to ``v0`` if that is a risk.
         seed: seed for the random start and breakdown vectors; same seed, same result.
 
     Returns:
@@ -316,6 +330,14 @@ def eigsh(
             restarts += 1
             suspended = False
 
+    if not converged:
+        warnings.warn(
+            f"eigsh did not converge to tol={tol:g} within {lz.matvecs} matvecs (largest relative "
+            f"residual {_worst(resid, theta[order[:k]]):.2e}); returning the current Ritz pairs "
+            "with converged=False. Raise max_matvecs or ncv, or loosen tol.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     wanted = order[:k]
     return EigshResult(
         values=theta[wanted].to(dtype=op.dtype, device=op.device),
@@ -386,6 +408,14 @@ def power_iteration(
         if matvecs >= max_matvecs:
             break
         v = w / w_norm
+    if not converged:
+        warnings.warn(
+            f"power_iteration did not converge to tol={tol:g} within {matvecs} matvecs (relative "
+            f"residual {res / max(abs(mu_f), 1e-300):.2e}); the gap |λ2/λ1| is probably close "
+            "to 1: use eigsh(op, which='magnitude') instead.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return EigshResult(
         values=mu.reshape(1),
         vectors=v.reshape(-1, 1).clone(),

@@ -48,7 +48,8 @@ class EigshResult:
             recurrence (``|β_m s_{m,i}|``), which is exact up to rounding because the basis is
             kept orthogonal; power iteration measures them directly.
         matvecs: operator applications the solver made.
-        converged: whether every residual met ``tol · |λ_i|``.
+        converged: whether every residual met ``tol · |λ_i|`` (a RuntimeWarning is issued
+            when not).
         tol: the requested relative tolerance.
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
         method: ``"lanczos"`` or ``"power"``.

@@ -28,8 +28,13 @@ def _probes(op: LinearOperator, n: int, distribution: str, gen: torch.Generator)
 
 
 def _matmat(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
-    """``A V`` in blocks of at most ``_BLOCK`` columns, with a NaN/inf check."""
-    out = torch.cat([op.matmat(V[:, j : j + _BLOCK]) for j in range(0, V.shape[1], _BLOCK)], 1)
+    """``A V`` in blocks of at most ``_BLOCK`` columns, with a NaN/inf check.
+
+    Each block is passed as a contiguous copy, so an operator that writes into its input cannot
+    change the probes the estimate is formed with.
+    """
+    blocks = (V[:, j : j + _BLOCK] for j in range(0, V.shape[1], _BLOCK))
+    out = torch.cat([op.matmat(B.clone(memory_format=torch.contiguous_format)) for B in blocks], 1)
     if not torch.isfinite(out).all():
         raise ValueError(f"the operator {op!r} produced NaN/inf; fix the model/loss first")
     return out

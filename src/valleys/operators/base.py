@@ -183,10 +183,10 @@ class _SumOperator(LinearOperator):
         self.a, self.b, self.sign = a, b, sign
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.a.matmat(V).add_(self.b.matmat(V), alpha=self.sign)
+        return torch.add(self.a.matmat(V), self.b.matmat(V), alpha=self.sign)
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.a.matvec(v).add_(self.b.matvec(v), alpha=self.sign)
+        return torch.add(self.a.matvec(v), self.b.matvec(v), alpha=self.sign)
 
 
 class _ScaledOperator(LinearOperator):
@@ -195,10 +195,10 @@ class _ScaledOperator(LinearOperator):
         self.a, self.scale = a, scale
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self.a.matmat(V).mul_(self.scale)
+        return self.a.matmat(V) * self.scale
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.a.matvec(v).mul_(self.scale)
+        return self.a.matvec(v) * self.scale
 
 
 class _ProductOperator(LinearOperator):
