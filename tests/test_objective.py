@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_data, make_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import valleys
@@ -105,3 +107,18 @@ def test_bad_data_gets_clear_errors():
         valleys.Objective(model, "ce", shuffled)
     with pytest.raises(TypeError, match="pair"):
         valleys.Objective(model, "ce", [X, Y, X])
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk=st.integers(min_value=1, max_value=20), n=st.integers(min_value=1, max_value=20))
+def test_chunking_never_changes_the_numbers(chunk, n):
+    X, Y = make_data("ce", n=n)
+    model = make_model("mlp-tanh")
+    whole = valleys.Objective(model, "ce", (X, Y))
+    chunked = valleys.Objective(model, "ce", (X, Y), chunk_size=chunk)
+    assert chunked.num_chunks == -(-n // chunk)
+    assert torch.allclose(chunked.loss(), whole.loss(), rtol=1e-13, atol=0)
+    assert torch.allclose(chunked.gradient(), whole.gradient(), rtol=1e-12, atol=1e-15)
+    v = torch.linspace(-1, 1, whole.dim, dtype=torch.float64)
+    hv = valleys.hessian(whole).matvec(v)
+    assert torch.allclose(valleys.hessian(chunked).matvec(v), hv, rtol=1e-11, atol=1e-14)
