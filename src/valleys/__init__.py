@@ -5,6 +5,8 @@ curvature matrices as :class:`LinearOperator` objects, and pure-function solvers
 spectra off them.
 """
 
+from valleys import data as data
+from valleys import models as models
 from valleys._version import __version__ as __version__
 from valleys.linalg import EigshResult as EigshResult
 from valleys.linalg import SpectralDensity as SpectralDensity
@@ -22,5 +24,6 @@ from valleys.operators import ggn as ggn
 from valleys.operators import gradient_covariance as gradient_covariance
 from valleys.operators import hessian as hessian
 from valleys.operators import hessian_variance as hessian_variance
+from valleys.problems import load_problem as load_problem
 from valleys.sharpness import nonuniformity as nonuniformity
 from valleys.sharpness import sharpness as sharpness
