@@ -85,6 +85,19 @@ class Tied(nn.Module):
         return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
 
 
+class WeightUsedOutside(nn.Module):
+    """Calls each Linear once but also uses a weight directly (not a rank-one structure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(D, D)
+        self.head = nn.Linear(D, K)
+
+    def forward(self, x):
+        h = torch.tanh(self.inner(x))
+        return self.head(h) + 0.3 * nn.functional.linear(h.square(), self.head.weight)
+
+
 class Sequence(nn.Module):
     """A Linear applied to 3-D inputs (batch, positions, features)."""
 
@@ -98,19 +111,22 @@ class Sequence(nn.Module):
 
 
 class Switch(nn.Module):
-    """Calls a layer twice once ``twice`` is set (after the operator was built)."""
+    """Changes once ``mode`` is set (after the operator was built)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inner = nn.Linear(D, D)
         self.head = nn.Linear(D, K)
-        self.twice = False
+        self.mode = None
 
     def forward(self, x):
         h = torch.tanh(self.inner(x))
-        if self.twice:
+        if self.mode == "twice":
             h = torch.tanh(self.inner(h))
-        return self.head(h)
+        out = self.head(h)
+        if self.mode == "outside":
+            out = out + nn.functional.linear(h.square(), self.head.weight)
+        return out
 
 
 def check(model, loss, *, chunk_size=None, params=None, method="linear-layers", tol=1e-10):
@@ -171,6 +187,7 @@ def test_subset_with_weight_only_falls_back():
         (TwiceUsed, "more than once", "mse"),
         (Tied, "shared", "ce"),
         (Sequence, "shape", "mse"),
+        (WeightUsedOutside, "outside their nn.Linear calls", "ce"),
     ],
 )
 def test_unsupported_models_fall_back_and_stay_exact(make, reason, loss):
@@ -183,19 +200,23 @@ def test_unsupported_models_fall_back_and_stay_exact(make, reason, loss):
         HessianVarianceOperator(obj, method="linear-layers")
 
 
-def test_fallback_during_a_product():
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("twice", "more than once"), ("outside", "outside their nn.Linear")]
+)
+@pytest.mark.parametrize("chunk_size", [None, 6])
+def test_fallback_during_a_product(mode, reason, chunk_size):
     torch.manual_seed(5)
     X, Y = data("mse")
     model = Switch().double()
-    obj = valleys.Objective(model, "mse", (X, Y), chunk_size=6)
+    obj = valleys.Objective(model, "mse", (X, Y), chunk_size=chunk_size)
     op = HessianVarianceOperator(obj)
     forced = HessianVarianceOperator(obj, method="linear-layers")
     assert op.method == forced.method == "linear-layers"
-    model.twice = True  # the checks made when the operators were built no longer hold
+    model.mode = mode  # the checks made when the operators were built no longer hold
     assert rel_err(op.to_dense(), oracle(obj, X, Y)) < 1e-10
     assert op.method == "vmap"
-    assert "more than once" in op.fallback_reason
-    with pytest.raises(ValueError, match="more than once"):
+    assert reason in op.fallback_reason
+    with pytest.raises(ValueError, match=reason):
         forced.matvec(torch.ones(obj.dim, dtype=torch.float64))
     assert all(not m._forward_hooks for m in model.modules())
 
@@ -240,7 +261,10 @@ def test_model_is_left_alone():
     X, Y = data("mse")
     obj = valleys.Objective(model, "mse", (X, Y))
     op = HessianVarianceOperator(obj)
-    op.matvec(torch.ones(obj.dim, dtype=torch.float64))
+    ones = torch.ones(obj.dim, dtype=torch.float64)
+    with torch.no_grad():
+        product = op.matvec(ones)
+    assert rel_err(product, oracle(obj, X, Y) @ ones) < 1e-10
     assert model.training
     assert all(not m._forward_hooks for m in model.modules())
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
