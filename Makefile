@@ -29,7 +29,7 @@ demo: install
 	@echo "demo report: $(abspath $(OUT))"
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 
 test: install lint
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
