@@ -117,3 +117,37 @@ def sym_matrix(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -
     Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=g, dtype=torch.float64))
     A = (Q * lam) @ Q.T
     return ((A + A.T) / 2).to(dtype)
+
+
+def interpolating_problem(n: int = 6, d: int = 3, k: int = 2, width: int = 12):
+    """Teacher–student: an over-parameterized tanh MLP (p = 74 > nK = 12) fitted exactly.
+
+    Full-batch L-BFGS in float64 drives the loss below 1e-20 in about a second.
+    """
+    torch.manual_seed(0)
+    X = torch.randn(n, d, dtype=torch.float64)
+    teacher = nn.Sequential(nn.Linear(d, 4), nn.Tanh(), nn.Linear(4, k)).double()
+    with torch.no_grad():
+        Y = teacher(X)
+    model = nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, k)).double()
+    opt = torch.optim.LBFGS(
+        model.parameters(), lr=1, max_iter=2000, tolerance_grad=1e-15, tolerance_change=1e-30,
+        history_size=50, line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * ((model(X) - Y) ** 2).sum(1).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    import valleys
+    from valleys.stability import per_sample_hessians
+
+    obj = valleys.Objective(model, "mse", (X, Y))
+    assert obj.loss().item() < 1e-20
+    Hs = per_sample_hessians(obj)
+    H = Hs.mean(0)
+    return obj, {"Hs": Hs, "H": H, "Sigma": (Hs @ Hs).mean(0) - H @ H}

@@ -7,6 +7,9 @@ spectra off them.
 
 from valleys import data as data
 from valleys import models as models
+from valleys import smoothness as smoothness
+from valleys import stability as stability
+from valleys import sweeps as sweeps
 from valleys._version import __version__ as __version__
 from valleys.linalg import EigshResult as EigshResult
 from valleys.linalg import SpectralDensity as SpectralDensity

@@ -1,0 +1,105 @@
+"""Validation and serialization helpers shared by the stability modules (private)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from valleys.objective import Objective
+
+
+def check_lr(lr: object) -> float:
+    """A finite, strictly positive learning rate as a float."""
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(
+            f"lr must be a positive finite number, got {lr!r}; the stability of SGD is only "
+            "defined for a step size η > 0"
+        )
+    return float(lr)
+
+
+def check_n(n: object) -> int:
+    """A sample count ``n >= 1`` as an int."""
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n (the number of training samples) must be an integer >= 1, got {n!r}")
+    return int(n)
+
+
+def check_batch_size(batch_size: object, n: int) -> int:
+    """A batch size ``1 <= B <= n`` as an int (batches are drawn without replacement)."""
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
+        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the number of samples n={n}; mini-batches are "
+            f"drawn without replacement, so use batch_size <= n (batch_size={n} is full-batch GD)"
+        )
+    return int(batch_size)
+
+
+def check_finite(value: object, name: str, *, nonnegative: bool = False) -> float:
+    """A finite real (optionally ``>= 0``) as a float."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if nonnegative and value < 0:
+        raise ValueError(
+            f"{name} must be non-negative, got {value!r} (the non-uniformity is sqrt(λ_max(Σ)) "
+            "with Σ positive semi-definite)"
+        )
+    return value
+
+
+def check_tol(tol: object, name: str = "tol") -> float:
+    if (
+        not isinstance(tol, numbers.Real)
+        or isinstance(tol, bool)
+        or not math.isfinite(tol)
+        or not 0 < tol < 1
+    ):
+        raise ValueError(f"{name} must be a number in (0, 1), e.g. 1e-6, got {tol!r}")
+    return float(tol)
+
+
+def check_objective(obj: object, caller: str) -> Objective:
+    if not isinstance(obj, Objective):
+        raise TypeError(
+            f"{caller} needs a valleys.Objective, got {type(obj).__name__}; build one with "
+            "valleys.Objective(model, loss, (X, Y))"
+        )
+    return obj
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Default tolerance on ``λ_max`` of a matrix close to the identity, by precision."""
+    return 1e-7 if dtype == torch.float64 else 1e-4
+
+
+def jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.detach().cpu().double().tolist())
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
+
+
+def to_dict(record: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        f.name: jsonable(getattr(record, f.name))
+        for f in dataclasses.fields(record)
+        if f.name not in drop
+    }

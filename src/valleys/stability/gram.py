@@ -1,0 +1,426 @@
+r"""Sharpness, non-uniformity and the SGD stability threshold from the Gram (NTK) matrix.
+
+At an interpolating minimum of the square loss ``ℓ_i = ½‖f(x_i; θ) − y_i‖²`` (``K`` outputs,
+residuals zero) the per-sample Hessians are ``H_i = J_iᵀJ_i`` with ``J_i = ∂f(x_i)/∂θ``
+(``K × p``). Stack them into ``J`` (``nK × p``, row ``(i, k)`` at ``iK + k``) and let
+``G = JJᵀ`` be the ``nK × nK`` Gram (empirical NTK) matrix, ``D = blockdiag(G_ii)`` its diagonal
+``K × K`` blocks. Then
+
+* ``H = JᵀJ / n``, so ``λ_max(H) = λ_max(G) / n``;
+* ``(1/n) Σ_i H_i² = Jᵀ D J / n`` and ``Σ = (1/n) Σ_i H_i² − H² = Jᵀ B J / n`` with
+  ``B = D − G/n``. The nonzero eigenvalues of ``JᵀBJ`` are those of ``BJJᵀ = BG``, i.e. of the
+  symmetric ``G^{1/2} B G^{1/2}``; we find the largest by Lanczos on ``u ↦ BGu/n``, which is
+  self-adjoint for the inner product ``⟨x, y⟩_G = xᵀGy`` (this is Lanczos on ``Σ`` itself in
+  the coordinates ``v = Jᵀu``, so no square root or factorization of ``G`` is needed);
+* ``A = H² + cΣ = Jᵀ[(1 − c) G/n² + c D/n] J``, so the sufficient condition
+  ``ηA ⪯ 2H`` of Wu, Ma & E (2018) reads ``wᵀ(η[(1 − c) G/n + cD] − 2I) w <= 0`` for
+  ``w ∈ range(G)``, and ``η* = 2 / λ_max(P[(1 − c) G/n + cD]P)`` with ``P`` the projector on
+  ``range(G)``. We return ``2 / λ_max((1 − c) G/n + cD)``: exact when ``G`` is nonsingular
+  (generic when ``p >= nK`` and the inputs are distinct), a lower bound otherwise. For
+  ``B = 1`` it is ``2 / max_i ‖J_i‖²``: every sample alone must be stable.
+
+Everything lives in ``nK`` dimensions, so it is cheap once ``G`` is known. Away from exact
+interpolation the residual term ``Σ_k r_ik ∇²f_ik`` of ``H_i`` is dropped: the numbers are then
+those of the Gauss–Newton per-sample Hessians, not of ``∇²ℓ_i``. The maximum residual is
+reported and a RuntimeWarning is issued when it exceeds ``residual_tol``.
+
+Building ``G``:
+
+* ``"linear-layers"`` (models whose ``θ`` consists of whole ``nn.Linear`` layers, each called
+  once per forward pass on ``(batch, features)`` inputs): for a layer ``z = Wa + b`` the row of
+  ``J`` for ``(i, k)`` is ``(δ_ik a_iᵀ, δ_ik)`` with ``δ_ik = ∂f_ik/∂z_i``, so
+  ``G = Σ_layers (a_i·a_j + 1)(δ_ik·δ_jk')``: ``O((nK)² Σ widths)`` instead of ``O((nK)² p)``.
+  ``a`` and ``δ`` (one backward pass per output, batched) are recorded with hooks that add a
+  zero shift to each layer's output; the model is not changed.
+* ``"jacobian"`` (any model): per-sample Jacobians (``vmap(jacrev)``) in sample chunks, and
+  ``G_ab = J_a J_bᵀ`` block by block, keeping at most two chunks of ``J`` in memory (chunks
+  are recomputed rather than stored when ``J`` is large): ``O((nK)² p)`` work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import jacrev, vmap
+
+from valleys.linalg import eigsh
+from valleys.objective import Objective
+from valleys.operators import DenseOperator, LambdaOperator
+from valleys.stability._common import check_batch_size, check_objective, check_tol, to_dict
+from valleys.stability.criteria import sgd_noise_factor
+
+__all__ = ["GramStabilityResult", "gram_matrix", "gram_sharpness_nonuniformity"]
+
+METHODS = ("auto", "linear-layers", "jacobian")
+# Elements of the temporaries (Jacobian chunks, blocks of G products) kept near this size.
+_BLOCK_ELEMENTS = 2**25
+
+
+# -- building G ---------------------------------------------------------------------------------
+def _linear_layers(obj: Objective) -> list[nn.Linear] | str:
+    """The ``nn.Linear`` modules that make up ``θ``, or why the fast path does not apply."""
+    owner: dict[str, nn.Linear] = {}
+    for prefix, module in obj.model.named_modules():
+        if isinstance(module, nn.Linear):
+            for pname, _ in module.named_parameters(recurse=False):
+                owner[f"{prefix}.{pname}" if prefix else pname] = module
+    theta_names = set(obj.names)
+    outside = [k for k in obj.names if k not in owner]
+    if outside:
+        return f"parameters {outside[:3]} do not belong to nn.Linear layers"
+    layers: list[nn.Linear] = []
+    for name in obj.names:
+        module = owner[name]
+        if module not in layers:
+            layers.append(module)
+    for prefix, module in obj.model.named_modules():
+        if module in layers:
+            own = [
+                f"{prefix}.{p}" if prefix else p for p, _ in module.named_parameters(recurse=False)
+            ]
+            if not all(k in theta_names for k in own):
+                return f"layer {prefix!r} has only some of its parameters in θ"
+    shared = {id(m) for m in layers}
+    if len(shared) != len(layers):
+        return "a layer appears twice"
+    return layers
+
+
+def _layer_factors(obj: Objective, theta: torch.Tensor, layers: list[nn.Linear], X, Y):
+    """Per-layer ``(ã, δ)`` of one chunk: ``ã`` (b, in[+1]), ``δ`` (b, K, out); and outputs."""
+    inputs: dict[int, torch.Tensor] = {}
+    shifts: dict[int, torch.Tensor] = {}
+    calls: dict[int, int] = {}
+
+    def hook(module, args, output):
+        key = id(module)
+        calls[key] = calls.get(key, 0) + 1
+        if args[0].ndim != 2 or output.ndim != 2:
+            raise _Unsupported("a Linear layer received a non-2-D input")
+        inputs[key] = args[0].detach()
+        shift = torch.zeros_like(output, requires_grad=True)
+        shifts[key] = shift
+        return output + shift
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        out = obj.forward(theta.detach(), X)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(calls.get(id(m), 0) != 1 for m in layers):
+        raise _Unsupported("a Linear layer is not called exactly once per forward pass")
+    b, K = out.shape
+    cot = torch.eye(K, dtype=out.dtype, device=out.device)[:, None, :].expand(K, b, K)
+    grads = torch.autograd.grad(
+        out, [shifts[id(m)] for m in layers], cot.contiguous(), is_grads_batched=True,
+        allow_unused=True,
+    )
+    factors = []
+    for m, g in zip(layers, grads, strict=True):
+        a = inputs[id(m)]
+        if m.bias is not None:
+            a = torch.cat([a, torch.ones(b, 1, dtype=a.dtype, device=a.device)], dim=1)
+        delta = torch.zeros(K, b, m.out_features, dtype=out.dtype, device=out.device) \
+            if g is None else g
+        factors.append((a, delta.permute(1, 0, 2)))
+    return factors, out.detach()
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _gram_linear_layers(obj, theta, layers, dtype):
+    per_layer: list[tuple[list, list]] = [([], []) for _ in layers]
+    residuals = []
+    for X, Y in obj.chunks():
+        factors, out = _layer_factors(obj, theta, layers, X, Y)
+        residuals.append(out - Y)
+        for (acc_a, acc_d), (a, d) in zip(per_layer, factors, strict=True):
+            acc_a.append(a.to(dtype))
+            acc_d.append(d.to(dtype))
+    K = residuals[0].shape[1]
+    N = obj.n * K
+    G = torch.zeros(N, N, dtype=dtype, device=obj.device)
+    for acc_a, acc_d in per_layer:
+        a = torch.cat(acc_a)  # (n, in)
+        d = torch.cat(acc_d).reshape(N, -1)  # (nK, out)
+        rows = max(K, (_BLOCK_ELEMENTS // N) // K * K)
+        for start in range(0, N, rows):
+            stop = min(start + rows, N)
+            aa = a[start // K : stop // K] @ a.T  # (rows/K, n)
+            aa = aa.repeat_interleave(K, dim=0).repeat_interleave(K, dim=1)
+            G[start:stop] += aa * (d[start:stop] @ d.T)
+    return G, torch.cat(residuals)
+
+
+def _gram_jacobian(obj, theta, dtype):
+    def single(t, x):
+        return obj.forward(t, x.unsqueeze(0))[0]
+
+    jac = vmap(jacrev(single), in_dims=(None, 0))
+    theta = theta.detach()
+    with torch.no_grad():
+        outs = [(obj.forward(theta, X) - Y) for X, Y in obj.chunks()]
+    residuals = torch.cat(outs)
+    K = residuals.shape[1]
+    N = obj.n * K
+    X_all = torch.cat([X for X, _ in obj.chunks()])
+    step = max(1, _BLOCK_ELEMENTS // (K * obj.dim))
+    starts = list(range(0, obj.n, step))
+
+    def block(s: int) -> torch.Tensor:
+        return jac(theta, X_all[s : s + step]).reshape(-1, obj.dim).to(dtype)
+
+    G = torch.empty(N, N, dtype=dtype, device=obj.device)
+    store = len(starts) * step * K * obj.dim <= 4 * _BLOCK_ELEMENTS
+    cache = [block(s) for s in starts] if store else None
+    for ia, sa in enumerate(starts):
+        Ja = cache[ia] if cache else block(sa)
+        for ib in range(ia, len(starts)):
+            sb = starts[ib]
+            Jb = Ja if ib == ia else (cache[ib] if cache else block(sb))
+            part = Ja @ Jb.T
+            G[sa * K : sa * K + part.shape[0], sb * K : sb * K + part.shape[1]] = part
+            G[sb * K : sb * K + part.shape[1], sa * K : sa * K + part.shape[0]] = part.T
+    return G, residuals
+
+
+def gram_matrix(
+    obj: Objective,
+    theta: torch.Tensor | None = None,
+    *,
+    method: str = "auto",
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The Gram matrix ``G = JJᵀ`` of per-sample output Jacobians, and the residuals.
+
+    Returns ``(G, residuals, method)``: ``G`` of shape ``(nK, nK)`` with row ``(i, k)`` at
+    ``iK + k``, ``residuals = f(X; θ) − Y`` of shape ``(n, K)``, and the method used
+    (``"linear-layers"`` or ``"jacobian"``; see the module docstring). For ``"auto"`` the
+    linear-layers path is used when ``θ`` consists of whole ``nn.Linear`` layers.
+    ``dtype``: of ``G`` (default the objective's).
+    """
+    obj = check_objective(obj, "gram_matrix")
+    if obj.loss_name != "mse":
+        raise ValueError(
+            f"the Gram path needs the square loss ('mse'), whose per-sample Hessians at "
+            f"interpolation are J_iᵀJ_i; this objective uses {obj.loss_name!r}. Use "
+            "valleys.stability.stability_analysis instead."
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    theta = obj._theta(theta)
+    dtype = dtype or obj.dtype
+    if method in ("auto", "linear-layers"):
+        layers = _linear_layers(obj)
+        if isinstance(layers, str):
+            if method == "linear-layers":
+                raise ValueError(f"method='linear-layers' does not apply: {layers}")
+        else:
+            try:
+                G, r = _gram_linear_layers(obj, theta, layers, dtype)
+                return G, r, "linear-layers"
+            except _Unsupported as err:
+                if method == "linear-layers":
+                    raise ValueError(f"method='linear-layers' does not apply: {err}") from None
+    G, r = _gram_jacobian(obj, theta, dtype)
+    return G, r, "jacobian"
+
+
+# -- eigenvalues ----------------------------------------------------------------------------------
+def _g_lanczos_top(G, apply_W, *, tol: float, seed: int | None, max_steps: int):
+    """Top eigenvalue of ``W`` (self-adjoint in ``⟨x, y⟩_G = xᵀGy``) by Lanczos in that product.
+
+    Full reorthogonalization (classical Gram–Schmidt twice), no restart. Returns
+    ``(value, residual, steps, converged)``; the residual is the ``G``-norm one, which equals
+    ``‖Σv − λv‖`` for ``v = Jᵀu``.
+    """
+    N = G.shape[0]
+    gen = torch.Generator(device=G.device).manual_seed(0 if seed is None else int(seed))
+    u = torch.randn(N, generator=gen, dtype=G.dtype, device=G.device)
+    g = G @ u
+    norm = math.sqrt(max(float(u @ g), 0.0))
+    if norm == 0:
+        return 0.0, 0.0, 0, True
+    m = min(max_steps, N)
+    U = torch.zeros(N, m, dtype=G.dtype, device=G.device)
+    GU = torch.zeros_like(U)
+    U[:, 0], GU[:, 0] = u / norm, g / norm
+    T = torch.zeros(m, m, dtype=torch.float64)
+    theta, resid = 0.0, math.inf
+    for j in range(m):
+        w = apply_W(U[:, j], GU[:, j])
+        h = GU[:, : j + 1].T @ w
+        w = w - U[:, : j + 1] @ h
+        h2 = GU[:, : j + 1].T @ w
+        w = w - U[:, : j + 1] @ h2
+        h = (h + h2).double().cpu()
+        T[: j + 1, j] = h
+        T[j, : j + 1] = h
+        gw = G @ w
+        beta = math.sqrt(max(float(w @ gw), 0.0))
+        values, vectors = torch.linalg.eigh(T[: j + 1, : j + 1])
+        theta = float(values[-1])
+        resid = abs(beta * float(vectors[-1, -1]))
+        if resid <= tol * abs(theta) or beta <= 1e-12 * max(abs(theta), 1e-300):
+            return theta, resid, j + 1, True
+        if j + 1 < m:
+            U[:, j + 1], GU[:, j + 1] = w / beta, gw / beta
+    return theta, resid, m, False
+
+
+def _top_dense(op, tol: float, seed: int | None) -> tuple[float, int, bool]:
+    if op.size <= 2:
+        return float(torch.linalg.eigvalsh(op.to_dense())[-1]), op.size, True
+    result = eigsh(op, k=1, which="largest", tol=tol, seed=seed)
+    return float(result.values[0]), int(result.matvecs), bool(result.converged)
+
+
+@dataclass(frozen=True)
+class GramStabilityResult:
+    """Sharpness, non-uniformity (and ``max_stable_lr``) from the Gram matrix ``G = JJᵀ``.
+
+    Attributes:
+        sharpness: ``λ_max(G)/n`` (``= λ_max(H)`` at an interpolating square-loss minimum).
+        nonuniformity: ``sqrt(λ_max(Σ))`` with ``Σ = Jᵀ(D − G/n)J/n``.
+        max_stable_lr: ``2/λ_max((1 − c)G/n + cD)`` for ``batch_size`` (``None`` without one);
+            exact for nonsingular ``G``, otherwise a lower bound of the threshold.
+        batch_size, noise_factor: ``B`` and ``c`` (``None`` without a batch size).
+        n, num_outputs, gram_size: ``n``, ``K``, ``nK``.
+        method: how ``G`` was built (``"linear-layers"`` or ``"jacobian"``).
+        max_residual: ``max |f(x_i)_k − y_ik|``; the numbers are exact only when it is 0.
+        interpolating: ``max_residual <= residual_tol``.
+        gram_seconds, eig_seconds: time to build ``G`` and to find the eigenvalues.
+        matvecs: products with ``G``-sized matrices in the eigenvalue solvers.
+        converged: all eigenvalue solvers met ``tol``. tol, seed, wall_time: as usual.
+    """
+
+    sharpness: float
+    nonuniformity: float
+    max_stable_lr: float | None
+    batch_size: int | None
+    noise_factor: float | None
+    n: int
+    num_outputs: int
+    gram_size: int
+    method: str
+    max_residual: float
+    interpolating: bool
+    residual_tol: float
+    gram_seconds: float
+    eig_seconds: float
+    matvecs: int
+    converged: bool
+    tol: float
+    seed: int | None
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def gram_sharpness_nonuniformity(
+    obj: Objective,
+    *,
+    batch_size: int | None = None,
+    theta: torch.Tensor | None = None,
+    method: str = "auto",
+    dtype: torch.dtype | None = None,
+    tol: float = 1e-8,
+    seed: int | None = 0,
+    residual_tol: float = 1e-6,
+    max_steps: int = 500,
+) -> GramStabilityResult:
+    r"""Sharpness and non-uniformity at an interpolating square-loss minimum, from ``G = JJᵀ``.
+
+    ``λ_max(H) = λ_max(G)/n`` and ``λ_max(Σ) = λ_max(G^{1/2}(D − G/n)G^{1/2})/n`` (module
+    docstring), plus, given ``batch_size``, the threshold ``η*`` of the sufficient condition of
+    Wu, Ma & E (2018), ``2/λ_max((1 − c)G/n + cD)``. Exact only at interpolation
+    (``max_residual = 0``); otherwise these are Gauss–Newton values and a RuntimeWarning says so.
+
+    Args:
+        obj: an objective with ``loss="mse"``.
+        batch_size: ``1 <= B <= n`` to also compute ``max_stable_lr``.
+        theta: parameters (default: the model's current ones).
+        method: ``"auto"``, ``"linear-layers"`` or ``"jacobian"`` (how ``G`` is built).
+        dtype: dtype of ``G`` and of the eigenvalue solvers (default the objective's; pass
+            ``torch.float64`` for a float32 model to reduce round-off, at twice the memory).
+        tol: relative residual tolerance of the eigenvalue solvers.
+        seed: their seed.
+        residual_tol: the largest ``|f − y|`` still called interpolating.
+        max_steps: Lanczos steps for the non-uniformity (no restarts).
+    """
+    t0 = time.perf_counter()
+    obj = check_objective(obj, "gram_sharpness_nonuniformity")
+    tol = check_tol(tol)
+    c = None
+    if batch_size is not None:
+        batch_size = check_batch_size(batch_size, obj.n)
+        c = sgd_noise_factor(obj.n, batch_size)
+    G, residuals, used = gram_matrix(obj, theta, method=method, dtype=dtype)
+    t1 = time.perf_counter()
+    n, K = residuals.shape
+    N = n * K
+    max_residual = float(residuals.abs().max())
+    interpolating = max_residual <= residual_tol
+    if not interpolating:
+        warnings.warn(
+            f"max residual |f − y| = {max_residual:.3g} > residual_tol = {residual_tol:g}: θ is "
+            "not an interpolating minimum, so the Gram-path numbers are Gauss–Newton values "
+            "(per-sample Hessians without their residual terms), not those of ∇²ℓ_i",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    blocks = G.view(n, K, n, K).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (n, K, K)
+
+    def apply_D(x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(blocks, x.view(n, K, 1)).reshape(N)
+
+    gram = DenseOperator(G, symmetric=True)
+    lam_G, matvecs, converged = _top_dense(gram, tol, seed)
+
+    def apply_W(u: torch.Tensor, Gu: torch.Tensor) -> torch.Tensor:  # (D − G/n) G u / n
+        return (apply_D(Gu) - (G @ Gu) / n) / n
+
+    lam_S, _, steps, ok = _g_lanczos_top(G, apply_W, tol=tol, seed=seed, max_steps=max_steps)
+    matvecs += 2 * steps
+    converged = converged and ok
+    lr = None
+    if c is not None:
+        op = LambdaOperator(
+            lambda x: (1.0 - c) * (G @ x) / n + c * apply_D(x), N, G.dtype, G.device
+        )
+        lam_K, used_k, ok = _top_dense(op, tol, seed)
+        matvecs += used_k
+        converged = converged and ok
+        lr = 2.0 / lam_K if lam_K > 0 else math.inf
+    t2 = time.perf_counter()
+    return GramStabilityResult(
+        sharpness=lam_G / n,
+        nonuniformity=math.sqrt(max(lam_S, 0.0)),
+        max_stable_lr=lr,
+        batch_size=batch_size,
+        noise_factor=c,
+        n=n,
+        num_outputs=K,
+        gram_size=N,
+        method=used,
+        max_residual=max_residual,
+        interpolating=interpolating,
+        residual_tol=residual_tol,
+        gram_seconds=t1 - t0,
+        eig_seconds=t2 - t1,
+        matvecs=matvecs,
+        converged=converged,
+        tol=tol,
+        seed=seed,
+        wall_time=t2 - t0,
+    )

@@ -1,0 +1,94 @@
+"""The Gram (NTK) path at an interpolating square-loss minimum, against the operator path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import interpolating_problem
+from torch import nn
+
+import valleys
+from valleys.stability import (
+    gram_matrix,
+    gram_sharpness_nonuniformity,
+    max_stable_lr_analysis,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def interpolating():
+    return interpolating_problem()
+
+
+@pytest.mark.parametrize("method", ["linear-layers", "jacobian"])
+def test_gram_matches_operators_and_dense(interpolating, method):
+    obj, oracle = interpolating
+    a = float(torch.linalg.eigvalsh(oracle["H"])[-1])
+    s = float(torch.linalg.eigvalsh(oracle["Sigma"])[-1]) ** 0.5
+    a_op = valleys.sharpness(obj, tol=1e-10)
+    s_op = valleys.nonuniformity(obj, tol=1e-10)
+    for batch_size in (1, 3, obj.n):
+        g = gram_sharpness_nonuniformity(obj, batch_size=batch_size, method=method)
+        assert g.method == method and g.interpolating and g.converged
+        assert g.gram_size == obj.n * 2
+        assert g.sharpness == pytest.approx(a, rel=1e-8)
+        assert g.sharpness == pytest.approx(a_op, rel=1e-6)
+        assert g.nonuniformity == pytest.approx(s, rel=1e-8)
+        assert g.nonuniformity == pytest.approx(s_op, rel=1e-6)
+        lr = max_stable_lr_analysis(obj, batch_size, tol=1e-10).lr
+        assert g.max_stable_lr == pytest.approx(lr, rel=1e-6)
+    assert g.to_dict()["max_residual"] < 1e-9
+
+
+def test_gram_matrix_is_jjt(interpolating):
+    obj, _ = interpolating
+    G1, r1, m1 = gram_matrix(obj, method="linear-layers")
+    G2, r2, m2 = gram_matrix(obj, method="jacobian")
+    assert (m1, m2) == ("linear-layers", "jacobian")
+    assert torch.allclose(G1, G2, atol=1e-12, rtol=1e-10)
+    assert torch.allclose(r1, r2) and r1.shape == (obj.n, 2)
+    # H = JᵀJ/n at interpolation: trace(H) = trace(G)/n.
+    H = valleys.hessian(obj).to_dense()
+    assert float(torch.trace(G1)) / obj.n == pytest.approx(float(torch.trace(H)), rel=1e-8)
+
+
+def test_gram_flags_non_interpolating_point(interpolating):
+    obj, _ = interpolating
+    theta = obj.parameters_vector() + 1e-2
+    with pytest.warns(RuntimeWarning, match="not an interpolating minimum"):
+        g = gram_sharpness_nonuniformity(obj, theta=theta)
+    assert not g.interpolating and g.max_residual > 1e-6 and g.max_stable_lr is None
+
+
+def test_gram_refuses_other_losses_and_bad_methods(interpolating):
+    obj, _ = interpolating
+    ce = valleys.Objective(
+        nn.Linear(3, 2).double(), "ce", (torch.randn(4, 3, dtype=F64), torch.tensor([0, 1, 0, 1]))
+    )
+    with pytest.raises(ValueError, match="square loss"):
+        gram_sharpness_nonuniformity(ce)
+    with pytest.raises(ValueError, match="method must be"):
+        gram_matrix(obj, method="ntk")
+    with pytest.raises(ValueError, match="exceeds the number of samples"):
+        gram_sharpness_nonuniformity(obj, batch_size=obj.n + 1)
+
+
+def test_gram_falls_back_for_non_linear_parameters():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+            self.scale = nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return self.lin(x) * self.scale
+
+    model = Scaled().double()
+    X = torch.randn(5, 3, dtype=F64)
+    obj = valleys.Objective(model, "mse", (X, torch.zeros(5, 2, dtype=F64)))
+    _, _, method = gram_matrix(obj)
+    assert method == "jacobian"
+    with pytest.raises(ValueError, match=r"linear-layers.*does not apply"):
+        gram_matrix(obj, method="linear-layers")
