@@ -182,6 +182,30 @@ def curvature(
     Console().print(f"results written to {out.resolve()}")
 
 
+@app.command()
+def reproduce(
+    name: Annotated[str, typer.Argument(help="Experiment name (see --list).")] = "",
+    quick: Annotated[bool, typer.Option("--quick", help="The quick preset (minutes on a CPU).")] = (
+        False
+    ),
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    list_all: Annotated[bool, typer.Option("--list", help="List the experiments.")] = False,
+) -> None:
+    """Run a paper reproduction: figures, results table, summary.json and report.md."""
+    from valleys.experiments import EXPERIMENTS, get_experiment
+
+    if list_all or not name:
+        for known in sorted(EXPERIMENTS):
+            typer.echo(known)
+        return
+    experiment = get_experiment(name)
+    preset = "quick" if quick else "full"
+    folder = out or Path("results") / name
+    experiment.run(folder, preset=preset, seed=seed, progress=True)
+    Console().print(f"report written to {(folder / 'report.md').resolve()}")
+
+
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))

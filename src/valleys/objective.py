@@ -162,6 +162,17 @@ class Objective:
                     Y[start : start + step].to(self.device, non_blocking=True),
                 )
 
+    def batch(self, indices: torch.Tensor) -> Batch:
+        """The samples ``indices`` as ``(X, Y)`` on the parameters' device (tensor data only)."""
+        if self._tensors is None:
+            raise ValueError(
+                "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
+                "was built from an iterable of batches"
+            )
+        X, Y = self._tensors
+        indices = indices.to(X.device)
+        return X[indices].to(self.device), Y[indices].to(self.device)
+
     @property
     def num_chunks(self) -> int:
         if self._tensors is not None:
@@ -238,6 +249,20 @@ class Objective:
             gradient += torch.autograd.grad(part, leaf)[0]
             value += part.detach()
         return value, gradient
+
+    def accuracy(self, theta: torch.Tensor | None = None) -> float:
+        """Fraction of samples whose largest output is the label (integer or one-hot targets)."""
+        theta = self._theta(theta)
+
+        def correct(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+            out = self.forward(theta, X)
+            if out.ndim != 2 or out.shape[1] < 2:
+                raise ValueError("accuracy needs outputs of shape (batch, classes)")
+            labels = Y if not Y.is_floating_point() else Y.argmax(dim=1)
+            return (out.argmax(dim=1) == labels).sum()
+
+        with torch.no_grad():
+            return float(self.accumulate(correct)) / self.n
 
     def per_sample_losses(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """The ``n`` per-sample losses ``ℓ_i(θ)``."""

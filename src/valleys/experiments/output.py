@@ -1,0 +1,71 @@
+"""The output contract every reproduction follows.
+
+A reproduction writes into one folder: figures as PNG and SVG, ``summary.json`` with the
+headline numbers, the tidy results table (``results.csv`` and a markdown copy inside the
+report) and ``report.md`` that puts them together with the paper's claim, what was measured
+and whether they agree. Files are written atomically (a temporary file, then a rename), so an
+interrupted run never leaves a half-written summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OutputFolder"]
+
+
+class OutputFolder:
+    """A reproduction's output folder (created if needed)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.file(name)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.path, suffix=".tmp", delete=False, encoding="utf-8"
+        ) as handle:
+            handle.write(text)
+        os.replace(handle.name, target)
+        return target
+
+    def write_json(self, name: str, payload: Any) -> Path:
+        return self.write_text(name, json.dumps(_finite(payload), indent=2) + "\n")
+
+    def write_table(self, name: str, frame) -> Path:
+        """Write a pandas DataFrame as CSV (the results table)."""
+        return self.write_text(name, frame.to_csv(index=False))
+
+    def save_figure(self, fig, stem: str, *, dpi: int = 150) -> list[Path]:
+        """Save a matplotlib figure as ``stem.png`` and ``stem.svg`` and close it."""
+        import matplotlib.pyplot as plt
+
+        paths = []
+        for suffix in ("png", "svg"):
+            target = self.file(f"{stem}.{suffix}")
+            tmp = target.with_name(f".{target.name}.tmp")
+            fig.savefig(tmp, dpi=dpi, format=suffix, bbox_inches="tight")
+            os.replace(tmp, target)
+            paths.append(target)
+        plt.close(fig)
+        return paths
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null (a diverged run's loss, say)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

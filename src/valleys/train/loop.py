@@ -1,0 +1,254 @@
+"""The training loop: optimizers from torch.optim on an Objective's flat parameters.
+
+Training never touches the user's model: it moves a flat parameter vector ``θ`` and evaluates
+the model functionally, so the same :class:`~valleys.Objective` serves curvature analysis at any
+iterate. Divergence is data: a run whose loss turns non-finite or grows beyond
+``divergence_factor`` times its initial value stops with ``status="diverged"``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from valleys.objective import Objective
+
+__all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainResult", "train"]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+SAMPLING = ("subset", "replacement", "shuffle")
+
+Callback = Callable[[int, torch.Tensor], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run (recorded with its result).
+
+    ``batch_size=None`` is full-batch training (``"sgd"`` is then gradient descent). Mini-batch
+    ``sampling``:
+
+    * ``"subset"``: every step draws ``B`` distinct samples uniformly (sampling without
+      replacement within a batch, independent across steps): the model of Wu, Ma & E (2018),
+      whose noise factor is ``(n−B)/(B(n−1))``.
+    * ``"replacement"``: ``B`` samples drawn with replacement (noise factor ``1/B``).
+    * ``"shuffle"``: random reshuffling, consecutive batches of a permutation per epoch.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    steps: int = 1000
+    batch_size: int | None = None
+    sampling: str = "subset"
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    seed: int = 0
+    loss_goal: float | None = None
+    record_every: int = 10
+    divergence_factor: float = 1e6
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`: final parameters, status and one record per logged step."""
+
+    theta: torch.Tensor
+    status: str  # "converged" (loss goal reached), "max_steps" or "diverged"
+    steps: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    wall_time: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.records[-1]["loss"] if self.records else math.nan
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "config": asdict(self.config),
+            "wall_time": self.wall_time,
+            "records": self.records,
+        }
+
+
+def train(
+    objective: Objective,
+    config: TrainConfig | None = None,
+    *,
+    theta: torch.Tensor | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: Callable[[int], None] | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train ``θ`` on an objective with a torch.optim optimizer and record the trajectory.
+
+    Args:
+        objective: the empirical risk (its data must be a tensor pair for mini-batches).
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields, e.g.
+            ``train(obj, lr=0.05, steps=500, batch_size=32)``.
+        theta: starting point (default: the model's current parameters; the model itself is
+            never modified — write the result back with ``objective.set_parameters``).
+        callbacks: functions ``cb(step, θ) -> dict`` called at every recorded step; their
+            entries are added to the record (e.g. the sharpness).
+        progress: called with the number of steps done, for progress bars.
+
+    Every ``record_every`` steps (and at the last) a record holds ``step``, ``epoch``,
+    full-data ``loss`` (and ``accuracy`` for classifiers), ``distance`` from the start and the
+    callbacks' entries. Training stops early when the full-data loss reaches ``loss_goal``
+    (checked at recorded steps) or diverges.
+    """
+    config = _validated(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}), objective)
+    start = objective._theta(theta).detach().clone()
+    param = torch.nn.Parameter(start.clone())
+    optimizer = _make_optimizer(config, param)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    sampler = _sampler(config, objective.n, generator)
+    classify = _is_classifier(objective)
+    records: list[dict[str, Any]] = []
+    initial_loss = None
+    status = "max_steps"
+    started = time.perf_counter()
+    step = 0
+    for step in range(config.steps + 1):
+        last = step == config.steps
+        if step % config.record_every == 0 or last:
+            record = _record(objective, param.detach(), start, step, config, classify)
+            for callback in callbacks:
+                record.update(callback(step, param.detach()) or {})
+            records.append(record)
+            initial_loss = record["loss"] if initial_loss is None else initial_loss
+            if _diverged(record["loss"], initial_loss, config):
+                status = "diverged"
+                break
+            if config.loss_goal is not None and record["loss"] <= config.loss_goal:
+                status = "converged"
+                break
+        if last:
+            break
+        loss = _set_gradient(objective, param, sampler)
+        if _diverged(loss, initial_loss, config):
+            records.append({"step": step, "epoch": _epoch(step, config, objective.n),
+                            "loss": loss})
+            status = "diverged"
+            break
+        optimizer.step()
+        if progress is not None:
+            progress(step + 1)
+    return TrainResult(
+        theta=param.detach().clone(),
+        status=status,
+        steps=step,
+        records=records,
+        config=config,
+        wall_time=time.perf_counter() - started,
+    )
+
+
+def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {OPTIMIZERS}")
+    if not (isinstance(config.lr, int | float) and math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"the learning rate must be a positive finite number, got {config.lr!r}")
+    if not isinstance(config.steps, int) or config.steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {config.steps!r}")
+    if not isinstance(config.record_every, int) or config.record_every < 1:
+        raise ValueError(f"record_every must be a positive integer, got {config.record_every!r}")
+    if config.sampling not in SAMPLING:
+        raise ValueError(f"unknown sampling {config.sampling!r}; choose one of {SAMPLING}")
+    if config.batch_size is not None:
+        if not isinstance(config.batch_size, int) or not 1 <= config.batch_size <= objective.n:
+            raise ValueError(
+                f"batch_size must be an integer in [1, n={objective.n}] or None (full batch), "
+                f"got {config.batch_size!r}"
+            )
+        objective.batch(torch.zeros(1, dtype=torch.long))  # clear error for iterable data
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
+    return config
+
+
+def _make_optimizer(config: TrainConfig, param: torch.nn.Parameter) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD([param], lr=config.lr)
+    if config.optimizer in ("momentum", "nesterov"):
+        return torch.optim.SGD(
+            [param], lr=config.lr, momentum=config.momentum,
+            nesterov=config.optimizer == "nesterov",
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam([param], lr=config.lr, betas=config.betas, eps=config.eps)
+    return torch.optim.RMSprop([param], lr=config.lr, alpha=config.betas[1], eps=config.eps)
+
+
+def _sampler(config: TrainConfig, n: int, generator: torch.Generator):
+    """A function returning the next batch's indices (``None`` for the full batch)."""
+    B = config.batch_size
+    if B is None:
+        return lambda: None
+    if config.sampling == "subset":
+        return lambda: torch.randperm(n, generator=generator)[:B]
+    if config.sampling == "replacement":
+        return lambda: torch.randint(n, (B,), generator=generator)
+    queue: list[torch.Tensor] = []
+
+    def shuffled() -> torch.Tensor:
+        if not queue:
+            queue.extend(torch.randperm(n, generator=generator).split(B))
+        return queue.pop(0)
+
+    return shuffled
+
+
+def _set_gradient(objective: Objective, param: torch.nn.Parameter, sampler) -> float:
+    indices = sampler()
+    if indices is None:
+        loss, gradient = objective.loss_and_gradient(param.detach())
+    else:
+        X, Y = objective.batch(indices)
+        batch_loss = objective.chunk_losses(param, X, Y).mean()
+        gradient = torch.autograd.grad(batch_loss, param)[0]
+        loss = batch_loss.detach()
+    param.grad = gradient
+    return float(loss)
+
+
+def _record(objective, theta, start, step, config, classify) -> dict[str, Any]:
+    record = {
+        "step": step,
+        "epoch": _epoch(step, config, objective.n),
+        "loss": float(objective.loss(theta)),
+        "distance": float(torch.linalg.vector_norm(theta - start)),
+    }
+    if classify and math.isfinite(record["loss"]):
+        record["accuracy"] = objective.accuracy(theta)
+    return record
+
+
+def _epoch(step: int, config: TrainConfig, n: int) -> float:
+    return step * (config.batch_size or n) / n
+
+
+def _is_classifier(objective: Objective) -> bool:
+    _, Y = next(iter(objective.chunks()))
+    one_hot = Y.is_floating_point() and Y.ndim == 2 and Y.shape[1] > 1
+    return objective.loss_name == "ce" or one_hot
+
+
+def _diverged(loss: float, initial: float | None, config: TrainConfig) -> bool:
+    if not math.isfinite(loss):
+        return True
+    return initial is not None and loss > config.divergence_factor * max(initial, 1e-12)
