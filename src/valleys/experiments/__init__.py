@@ -13,7 +13,9 @@ from types import ModuleType
 __all__ = ["EXPERIMENTS", "get_experiment"]
 
 # name -> module path; modules are imported only when asked for.
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "input-smoothness": "valleys.experiments.input_smoothness",
+}
 
 
 def get_experiment(name: str) -> ModuleType:
