@@ -1,5 +1,5 @@
 # valleys: two commands on a fresh machine.
-#   make demo   create .venv, install, run the curvature report on the built-in digits problem
+#   make demo   create .venv, install, run the flagship reproduction (quick) and a curvature report
 #   make test   create .venv, install, lint and run the test suite
 # torch: TORCH picks the wheel. The default pins the CPU build that this workplace keeps on
 # disk; on a CUDA machine use e.g. `make test TORCH=torch` (or install torch first yourself:
@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/valleys curvature --problem digits-mlp --out $(OUT)
-	@echo "demo report: $(abspath $(OUT))"
+	$(BIN)/valleys reproduce linear-stability --quick --out $(OUT)/linear-stability
+	$(BIN)/valleys curvature --problem digits-mlp --out $(OUT)/curvature
+	@echo "demo reports: $(abspath $(OUT))/linear-stability/report.md and $(abspath $(OUT))/curvature"
 
 lint: install
 	$(BIN)/ruff check src tests $(wildcard benchmarks)

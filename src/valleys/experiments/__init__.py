@@ -14,6 +14,7 @@ __all__ = ["EXPERIMENTS", "get_experiment"]
 
 # name -> module path; modules are imported only when asked for.
 EXPERIMENTS: dict[str, str] = {
+    "linear-stability": "valleys.experiments.linear_stability",
     "input-smoothness": "valleys.experiments.input_smoothness",
 }
 
