@@ -673,15 +673,8 @@ def input_gradient_norm(
     without storing the Jacobians; see :func:`coordinate_norm` for ``N``. Ma & Ying show that
     linearly stable minima of SGD have small ``g_x`` (a Sobolev seminorm of ``f`` in ``x``).
     """
-    k = _check_k(k)
-    _check_normalization(normalization)
-    _check_chunk(chunk_size)
     src = _Source(source, X, None, theta=theta, allow_train_mode=allow_train_mode)
-    acc, K = _PowerSum(2 * k), 1
-    for _, _, J in _iter_input_jacobians(src, chunk_size):
-        acc.add(J)
-        K = J.shape[1]
-    return acc.root(_normalizer(normalization, src.num_samples, K))
+    return _jacobian_norm(_iter_input_jacobians, src, k, normalization, chunk_size)
 
 
 def parameter_gradient_norm(
@@ -701,14 +694,19 @@ def parameter_gradient_norm(
     :func:`coordinate_norm` for ``N``. For the ``"mse"`` convention at an interpolating
     minimum, ``g_w(1)² = tr(H)`` with ``"samples"``.
     """
+    src = _Source(source, X, None, theta=theta, allow_train_mode=allow_train_mode)
+    return _jacobian_norm(_iter_parameter_jacobians, src, k, normalization, chunk_size)
+
+
+def _jacobian_norm(iterate, src, k: float, normalization: str, chunk_size) -> float:
+    """The coordinate-wise ℓ_{2k} norm of the Jacobians ``iterate`` yields, chunk by chunk."""
     k = _check_k(k)
     _check_normalization(normalization)
     _check_chunk(chunk_size)
-    src = _Source(source, X, None, theta=theta, allow_train_mode=allow_train_mode)
     acc, K = _PowerSum(2 * k), 1
-    for _, _, G in _iter_parameter_jacobians(src, chunk_size):
-        acc.add(G)
-        K = G.shape[1]
+    for _, _, J in iterate(src, chunk_size):
+        acc.add(J)
+        K = J.shape[1]
     return acc.root(_normalizer(normalization, src.num_samples, K))
 
 
