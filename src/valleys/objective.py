@@ -144,7 +144,8 @@ class Objective:
         if theta.dtype != self.dtype:
             raise TypeError(f"{what} has dtype {theta.dtype}, the model uses {self.dtype}")
 
-    def _theta(self, theta: torch.Tensor | None) -> torch.Tensor:
+    def resolve_theta(self, theta: torch.Tensor | None) -> torch.Tensor:
+        """``theta`` checked and on the right device, or a copy of the current parameters."""
         if theta is None:
             return self.parameters_vector()
         self.check_vector(theta)
@@ -231,7 +232,7 @@ class Objective:
 
     def loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """``L(θ)`` as a 0-d tensor (at the model's current parameters by default)."""
-        theta = self._theta(theta)
+        theta = self.resolve_theta(theta)
         with torch.no_grad():
             return self.accumulate(lambda X, Y: self.chunk_risk(theta, X, Y))
 
@@ -241,7 +242,7 @@ class Objective:
 
     def loss_and_gradient(self, theta: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """``(L(θ), ∇L(θ))`` in one pass over the data."""
-        leaf = self._theta(theta).detach().requires_grad_(True)
+        leaf = self.resolve_theta(theta).detach().requires_grad_(True)
         value = torch.zeros((), dtype=self.dtype, device=self.device)
         gradient = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for X, Y in self.chunks():
@@ -252,7 +253,7 @@ class Objective:
 
     def accuracy(self, theta: torch.Tensor | None = None) -> float:
         """Fraction of samples whose largest output is the label (integer or one-hot targets)."""
-        theta = self._theta(theta)
+        theta = self.resolve_theta(theta)
 
         def correct(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
             out = self.forward(theta, X)
@@ -266,7 +267,7 @@ class Objective:
 
     def per_sample_losses(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """The ``n`` per-sample losses ``ℓ_i(θ)``."""
-        theta = self._theta(theta)
+        theta = self.resolve_theta(theta)
         with torch.no_grad():
             return torch.cat([self.chunk_losses(theta, X, Y) for X, Y in self.chunks()])
 
@@ -277,7 +278,7 @@ class Objective:
 
         Computed with ``vmap(grad(ℓ))`` over the samples of a chunk.
         """
-        theta = self._theta(theta).detach()
+        theta = self.resolve_theta(theta).detach()
         per_sample = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
         for X, Y in self.chunks():
             yield per_sample(theta, X, Y)

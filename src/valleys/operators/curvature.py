@@ -44,7 +44,7 @@ class CurvatureOperator(LinearOperator):
             )
         super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
         self.objective = objective
-        self.theta = objective._theta(theta).detach().clone()
+        self.theta = objective.resolve_theta(theta).detach().clone()
         self.cache = objective.num_chunks == 1 if cache is None else bool(cache)
         self._cached: list[Any] | None = None
 

@@ -85,7 +85,7 @@ def per_sample_hessians(
     if not isinstance(obj, Objective):
         raise TypeError(f"per_sample_hessians needs a valleys.Objective, got {type(obj).__name__}")
     _check_dim(obj.dim, max_dim)
-    theta = obj._theta(theta).detach()
+    theta = obj.resolve_theta(theta).detach()
     per_sample = vmap(dense_hessian(obj.sample_loss), in_dims=(None, 0, 0))
     return torch.cat([per_sample(theta, X, Y) for X, Y in obj.chunks()])
 

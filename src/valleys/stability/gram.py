@@ -217,7 +217,7 @@ def gram_matrix(
         )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    theta = obj._theta(theta)
+    theta = obj.resolve_theta(theta)
     dtype = dtype or obj.dtype
     if method in ("auto", "linear-layers"):
         layers = _linear_layers(obj)

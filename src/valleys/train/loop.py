@@ -112,7 +112,7 @@ def train(
     (checked at recorded steps) or diverges.
     """
     config = _validated(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}), objective)
-    start = objective._theta(theta).detach().clone()
+    start = objective.resolve_theta(theta).detach().clone()
     param = torch.nn.Parameter(start.clone())
     optimizer = _make_optimizer(config, param)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
