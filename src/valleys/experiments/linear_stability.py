@@ -57,7 +57,8 @@ PAPER = (
     "dynamical stability perspective\", NeurIPS 2018"
 )
 
-# Tolerances of the verdicts, fixed before any run (the minima are reached only to a loss goal).
+# Tolerances of the verdicts, fixed before any run (the minima are reached only to a loss goal);
+# only the "partly agrees" grade of (b) was added after the first quick run.
 GD_EDGE_SLACK = 0.05  # a GD solution may exceed 2/η by 5% (it is not an exact minimum)
 GD_EDGE_BAND = 0.8  # for η >= 2/a_0, "just below 2/η" means a >= 0.8 · 2/η
 SPIKE_FACTOR = 10.0  # an escape raises the loss at least tenfold above the GD minimum's
@@ -726,7 +727,8 @@ same η is left once SGD takes over, and SGD settles at a minimum satisfying its
   paper's FashionMNIST-1k, a two-hidden-layer net); the η grid is anchored at the GD threshold of
   the initialization, 2/a₀, and straddles it by the same factors in every preset; batch sizes are
   fixed fractions of n; the loss goal and step caps are round numbers. Verdict thresholds are
-  constants of the module, fixed before any run (below). Runtime: {summary['runtime_s']:.1f} s.
+  constants of the module, fixed before any run (below), except the middle "partly agrees"
+  grade of (b), added after the first quick run. Runtime: {summary['runtime_s']:.1f} s.
 
 ## (a) GD: final sharpness vs 2/η
 
