@@ -18,6 +18,10 @@ from valleys.operators.base import LinearOperator
 
 __all__ = ["CurvatureOperator"]
 
+# A batched product over k vectors keeps k copies of a chunk's intermediate tensors alive, so
+# blocks of vectors are sized to keep (vectors × samples per chunk) below this many.
+_SAMPLE_VECTORS = 2**16
+
 
 class CurvatureOperator(LinearOperator):
     """A symmetric operator defined by an objective at a fixed parameter vector ``θ``.
@@ -47,6 +51,8 @@ class CurvatureOperator(LinearOperator):
         self.theta = objective.resolve_theta(theta).detach().clone()
         self.cache = objective.num_chunks == 1 if cache is None else bool(cache)
         self._cached: list[Any] | None = None
+        chunk_samples = min(objective.chunk_size or objective.n, objective.n)
+        self.vector_block = max(1, _SAMPLE_VECTORS // chunk_samples)
 
     def _prepare(self, X: torch.Tensor, Y: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -67,7 +73,10 @@ class CurvatureOperator(LinearOperator):
     def _rows(self, V: torch.Tensor) -> torch.Tensor:
         total = None
         for state in self._states():
-            part = self._apply(state, V)
+            blocks = V.split(self.vector_block)
+            part = torch.cat([self._apply(state, B) for B in blocks]) if len(blocks) > 1 else (
+                self._apply(state, V)
+            )
             total = part if total is None else total.add_(part)
         return total
 
