@@ -214,3 +214,13 @@ def test_operator_algebra_never_writes_into_inputs():
     assert torch.equal((2.0 * identity).matvec(v), 2 * torch.ones(3, dtype=torch.float64))
     assert torch.equal((identity + identity).matvec(v), 2 * torch.ones(3, dtype=torch.float64))
     assert torch.equal(v, torch.ones(3, dtype=torch.float64))
+
+
+def test_wide_products_split_into_vector_blocks_give_the_same_answer():
+    X, Y = make_data("ce")
+    obj = valleys.Objective(make_model("mlp-tanh"), "ce", (X, Y))
+    for op in (valleys.hessian(obj), valleys.ggn(obj), valleys.empirical_fisher(obj)):
+        V = torch.randn(obj.dim, 5, dtype=torch.float64)
+        whole = op.matmat(V)
+        op.vector_block = 2  # 5 vectors -> blocks of 2, 2, 1
+        assert_close(op.matmat(V), whole, 1e-13)
