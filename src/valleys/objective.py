@@ -176,16 +176,17 @@ class Objective:
 
     @property
     def num_chunks(self) -> int:
-        if self._tensors is not None:
-            return -(-self.n // (self.chunk_size or self.n))
-        return sum(1 for _ in self.chunks())
+        """How many chunks one pass over the data takes (counted when the objective was built)."""
+        return self._num_chunks
 
     def _count_and_check(self) -> int:
         n = 0
         first = True
+        self._num_chunks = 0
         batches = [self._tensors] if self._tensors is not None else self._batches
         for X, Y in batches:
             _check_batch(X, Y, self.dtype)
+            self._num_chunks += -(-X.shape[0] // (self.chunk_size or max(X.shape[0], 1)))
             if first and X.shape[0] > 0:
                 # Run two samples through the model once so shape errors surface here.
                 with torch.no_grad():
