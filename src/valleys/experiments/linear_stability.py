@@ -474,9 +474,11 @@ def _gd_verdict(rows: list[dict], a0: float) -> dict[str, Any]:
     edge = [r for r in converged if r["lr"] >= 2.0 / a0 * 0.999]
     at_edge = all(r["sharpness"] >= GD_EDGE_BAND * r["two_over_lr"] for r in edge)
     agrees = bool(converged) and below and (at_edge if edge else False)
+    # Without converged runs beyond the initial threshold there is nothing to compare.
+    verdict = "not tested" if not edge else "agrees" if agrees else "disagrees"
     return {"per_lr": per_lr, "converged": len(converged), "all_below_edge": below,
             "edge_runs": len(edge), "edge_runs_near_2_over_lr": at_edge,
-            "verdict": "agrees" if agrees else "disagrees", "agrees": agrees}
+            "verdict": verdict, "agrees": agrees}
 
 
 def _fraction(rows: list[dict], key: str) -> float:
@@ -491,9 +493,11 @@ def _sgd_verdict(rows: list[dict]) -> dict[str, Any]:
     slack = 1.0 + GD_EDGE_SLACK
     near = [q <= slack and a <= slack for q, a in zip(ratios, sharp, strict=True)]
     inside = _fraction(converged, "within_bounds")
-    if converged and inside == 1.0:
+    if not converged:
+        verdict = "not tested"  # no solution to place in the (a, s) plane
+    elif inside == 1.0:
         verdict = "agrees"
-    elif converged and all(near):
+    elif all(near):
         verdict = "partly agrees"
     else:
         verdict = "disagrees"
