@@ -34,7 +34,6 @@ InstanceNorm or dropout are refused, as by :class:`~valleys.Objective`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 import time
@@ -47,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from valleys._records import record_to_dict
 from valleys.linalg import trace as _trace
-from valleys.linalg.results import _jsonable
 from valleys.losses import LossFn, check_targets, resolve_loss
 from valleys.models import MLP
 from valleys.objective import Objective, _refuse_train_mode
@@ -90,15 +89,6 @@ _JACOBIAN_BUDGET = 1 << 24
 # ------------------------------------------------------------------------------------------------
 
 
-def _record_dict(record: Any) -> dict[str, Any]:
-    return {f.name: _jsonable(_tuple_to_list(getattr(record, f.name)))
-            for f in dataclasses.fields(record)}
-
-
-def _tuple_to_list(x: Any) -> Any:
-    return [_tuple_to_list(v) for v in x] if isinstance(x, tuple) else x
-
-
 @dataclass(frozen=True, eq=False)
 class SmoothnessReport:
     """Input-smoothness summary of a model on a data set (Ma & Ying 2021).
@@ -133,7 +123,7 @@ class SmoothnessReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields."""
-        return _record_dict(self)
+        return record_to_dict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,7 +154,7 @@ class FirstLayerIdentity:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields (tensors become nested lists)."""
-        return _record_dict(self)
+        return record_to_dict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,7 +200,7 @@ class FirstLayerBound:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields."""
-        return _record_dict(self)
+        return record_to_dict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,7 +244,7 @@ class RobustnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields."""
-        return _record_dict(self)
+        return record_to_dict(self)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ interrupted run never leaves a half-written summary.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from valleys._records import jsonable
 
 __all__ = ["OutputFolder"]
 
@@ -39,7 +40,7 @@ class OutputFolder:
         return target
 
     def write_json(self, name: str, payload: Any) -> Path:
-        return self.write_text(name, json.dumps(_finite(payload), indent=2) + "\n")
+        return self.write_text(name, json.dumps(jsonable(payload), indent=2) + "\n")
 
     def write_table(self, name: str, frame) -> Path:
         """Write a pandas DataFrame as CSV (the results table)."""
@@ -59,13 +60,3 @@ class OutputFolder:
         plt.close(fig)
         return paths
 
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null (a diverged run's loss, say)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

@@ -7,32 +7,16 @@ lists of floats, non-finite floats become ``None`` (JSON has no NaN) and eigenve
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from valleys._records import record_to_dict
+
 __all__ = ["EigshResult", "SpectralDensity", "TraceResult"]
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return _jsonable(x.detach().cpu().double().tolist())
-    if isinstance(x, list):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    return x
-
-
-def _to_dict(record: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        f.name: _jsonable(getattr(record, f.name))
-        for f in dataclasses.fields(record)
-        if f.name not in drop
-    }
 
 
 # eq=False: the fields hold tensors, whose elementwise == would make the generated __eq__ raise.
@@ -72,7 +56,7 @@ class EigshResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of everything but ``vectors``."""
-        return _to_dict(self, drop=("vectors",))
+        return record_to_dict(self, drop=("vectors",))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +84,7 @@ class TraceResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields."""
-        return _to_dict(self)
+        return record_to_dict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,4 +149,4 @@ class SpectralDensity:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of all fields."""
-        return _to_dict(self)
+        return record_to_dict(self)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-from typing import Any
 
 import torch
 
@@ -86,20 +84,3 @@ def default_tol(dtype: torch.dtype) -> float:
     """Default tolerance on ``λ_max`` of a matrix close to the identity, by precision."""
     return 1e-7 if dtype == torch.float64 else 1e-4
 
-
-def jsonable(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return jsonable(x.detach().cpu().double().tolist())
-    if isinstance(x, list | tuple):
-        return [jsonable(v) for v in x]
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    return x
-
-
-def to_dict(record: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        f.name: jsonable(getattr(record, f.name))
-        for f in dataclasses.fields(record)
-        if f.name not in drop
-    }

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import LambdaOperator, LinearOperator, hessian, hessian_variance
@@ -54,7 +55,6 @@ from valleys.stability._common import (
     check_objective,
     check_tol,
     default_tol,
-    to_dict,
 )
 from valleys.stability.criteria import necessary_bounds, sgd_noise_factor
 
@@ -170,7 +170,7 @@ class StabilityResult:
         return self.verdict
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return record_to_dict(self)
 
 
 def stability_analysis(
@@ -304,7 +304,7 @@ class MaxStableLRResult:
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return record_to_dict(self)
 
 
 def max_stable_lr_analysis(

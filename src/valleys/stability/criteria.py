@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from valleys._records import record_to_dict
 from valleys.stability._common import (
     check_batch_size,
     check_finite,
     check_lr,
     check_n,
-    to_dict,
 )
 
 __all__ = [
@@ -124,7 +124,7 @@ class NecessaryBounds:
         return sharpness <= self.max_sharpness and nonuniformity <= self.max_nonuniformity
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return record_to_dict(self)
 
 
 def necessary_bounds(lr: float, batch_size: int, n: int) -> NecessaryBounds:
@@ -190,7 +190,7 @@ class StabilityRegion:
     noise_factor: float
 
     def to_dict(self) -> dict[str, Any]:
-        out = to_dict(self, drop=("sharpness", "nonuniformity"))
+        out = record_to_dict(self, drop=("sharpness", "nonuniformity"))
         out["sharpness"] = [float(x) for x in self.sharpness]
         out["nonuniformity"] = [float(x) if math.isfinite(x) else None for x in self.nonuniformity]
         return out

@@ -38,6 +38,7 @@ import torch
 from torch.func import hessian as dense_hessian
 from torch.func import vmap
 
+from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import LambdaOperator
@@ -46,7 +47,6 @@ from valleys.stability._common import (
     check_lr,
     check_tol,
     default_tol,
-    to_dict,
 )
 from valleys.stability.criteria import sgd_noise_factor
 
@@ -180,7 +180,7 @@ class ExactMeanSquareResult:
     wall_time: float
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self, drop=("eigenmatrix",))
+        return record_to_dict(self, drop=("eigenmatrix",))
 
 
 def exact_mean_square(

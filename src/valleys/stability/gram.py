@@ -49,10 +49,11 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
+from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import DenseOperator, LambdaOperator
-from valleys.stability._common import check_batch_size, check_objective, check_tol, to_dict
+from valleys.stability._common import check_batch_size, check_objective, check_tol
 from valleys.stability.criteria import sgd_noise_factor
 
 __all__ = ["GramStabilityResult", "gram_matrix", "gram_sharpness_nonuniformity"]
@@ -324,7 +325,7 @@ class GramStabilityResult:
     wall_time: float
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return record_to_dict(self)
 
 
 def gram_sharpness_nonuniformity(
