@@ -78,8 +78,9 @@ def main() -> None:
         loop_note = f"{loop_result.matvecs} products"
     s = float(s_result.values[0]) ** 0.5
     t_operator = t_a + t_s
+    gram_note = f"G {gram.form}, {gram.gram_size}², {gram.matvecs} G-products"
     rows = [
-        ("Gram/NTK path", gram.sharpness, gram.nonuniformity, t_gram, "G: n·K × n·K"),
+        ("Gram/NTK path", gram.sharpness, gram.nonuniformity, t_gram, gram_note),
         ("operator path", a, s, t_operator, f"{products} Σ-products"),
         ("per-sample loop (non-uniformity)", float("nan"), s_loop, t_loop, loop_note),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import interpolating_problem
@@ -22,16 +24,19 @@ def interpolating():
     return interpolating_problem()
 
 
-@pytest.mark.parametrize("method", ["linear-layers", "jacobian"])
-def test_gram_matches_operators_and_dense(interpolating, method):
+@pytest.mark.parametrize(
+    ("method", "form"),
+    [("linear-layers", "factored"), ("linear-layers", "dense"), ("jacobian", "dense")],
+)
+def test_gram_matches_operators_and_dense(interpolating, method, form):
     obj, oracle = interpolating
     a = float(torch.linalg.eigvalsh(oracle["H"])[-1])
     s = float(torch.linalg.eigvalsh(oracle["Sigma"])[-1]) ** 0.5
     a_op = valleys.sharpness(obj, tol=1e-10)
     s_op = valleys.nonuniformity(obj, tol=1e-10)
     for batch_size in (1, 3, obj.n):
-        g = gram_sharpness_nonuniformity(obj, batch_size=batch_size, method=method)
-        assert g.method == method and g.interpolating and g.converged
+        g = gram_sharpness_nonuniformity(obj, batch_size=batch_size, method=method, form=form)
+        assert (g.method, g.form) == (method, form) and g.interpolating and g.converged
         assert g.gram_size == obj.n * 2
         assert g.sharpness == pytest.approx(a, rel=1e-8)
         assert g.sharpness == pytest.approx(a_op, rel=1e-6)
@@ -71,6 +76,10 @@ def test_gram_refuses_other_losses_and_bad_methods(interpolating):
         gram_sharpness_nonuniformity(ce)
     with pytest.raises(ValueError, match="method must be"):
         gram_matrix(obj, method="ntk")
+    with pytest.raises(ValueError, match="form must be"):
+        gram_sharpness_nonuniformity(obj, form="sparse")
+    with pytest.raises(ValueError, match="form='factored' needs method='linear-layers'"):
+        gram_sharpness_nonuniformity(obj, method="jacobian", form="factored")
     with pytest.raises(ValueError, match="exceeds the number of samples"):
         gram_sharpness_nonuniformity(obj, batch_size=obj.n + 1)
 
@@ -90,5 +99,8 @@ def test_gram_falls_back_for_non_linear_parameters():
     obj = valleys.Objective(model, "mse", (X, torch.zeros(5, 2, dtype=F64)))
     _, _, method = gram_matrix(obj)
     assert method == "jacobian"
+    assert gram_sharpness_nonuniformity(obj, residual_tol=math.inf).form == "dense"
+    with pytest.raises(ValueError, match=r"linear-layers.*does not apply"):
+        gram_sharpness_nonuniformity(obj, form="factored")
     with pytest.raises(ValueError, match=r"linear-layers.*does not apply"):
         gram_matrix(obj, method="linear-layers")

@@ -19,7 +19,10 @@ residuals zero) the per-sample Hessians are ``H_i = J_iᵀJ_i`` with ``J_i = ∂
   (generic when ``p >= nK`` and the inputs are distinct), a lower bound otherwise. For
   ``B = 1`` it is ``2 / max_i ‖J_i‖²``: every sample alone must be stable.
 
-Everything lives in ``nK`` dimensions, so it is cheap once ``G`` is known. Away from exact
+Everything lives in ``nK`` dimensions. For the linear-layers method ``G`` is by default never
+formed: ``Gu = J(Jᵀu)`` is applied through the per-layer factors below, at the cost of a
+gradient-sized contraction per product, so the ``nK × nK`` matrix (14,380² for digits) and its
+``O((nK)²)`` products are avoided (``form="dense"`` forms it). Away from exact
 interpolation the residual term ``Σ_k r_ik ∇²f_ik`` of ``H_i`` is dropped: the numbers are then
 those of the Gauss–Newton per-sample Hessians, not of ``∇²ℓ_i``. The maximum residual is
 reported and a RuntimeWarning is issued when it exceeds ``residual_tol``.
@@ -52,13 +55,14 @@ from torch.func import jacrev, vmap
 from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
-from valleys.operators import DenseOperator, LambdaOperator
+from valleys.operators import LambdaOperator
 from valleys.stability._common import check_batch_size, check_objective, check_tol
 from valleys.stability.criteria import sgd_noise_factor
 
 __all__ = ["GramStabilityResult", "gram_matrix", "gram_sharpness_nonuniformity"]
 
 METHODS = ("auto", "linear-layers", "jacobian")
+FORMS = ("auto", "factored", "dense")
 # Elements of the temporaries (Jacobian chunks, blocks of G products) kept near this size.
 _BLOCK_ELEMENTS = 2**25
 
@@ -138,7 +142,8 @@ class _Unsupported(Exception):
     pass
 
 
-def _gram_linear_layers(obj, theta, layers, dtype):
+def _linear_layer_factors(obj, theta, layers, dtype):
+    """Per-layer ``(Ã, Δ)`` of all samples, ``Ã`` (n, in[+1]) and ``Δ`` (n, K, out); residuals."""
     per_layer: list[tuple[list, list]] = [([], []) for _ in layers]
     residuals = []
     for X, Y in obj.chunks():
@@ -147,19 +152,63 @@ def _gram_linear_layers(obj, theta, layers, dtype):
         for (acc_a, acc_d), (a, d) in zip(per_layer, factors, strict=True):
             acc_a.append(a.to(dtype))
             acc_d.append(d.to(dtype))
-    K = residuals[0].shape[1]
-    N = obj.n * K
-    G = torch.zeros(N, N, dtype=dtype, device=obj.device)
-    for acc_a, acc_d in per_layer:
-        a = torch.cat(acc_a)  # (n, in)
-        d = torch.cat(acc_d).reshape(N, -1)  # (nK, out)
-        rows = max(K, (_BLOCK_ELEMENTS // N) // K * K)
-        for start in range(0, N, rows):
-            stop = min(start + rows, N)
-            aa = a[start // K : stop // K] @ a.T  # (rows/K, n)
-            aa = aa.repeat_interleave(K, dim=0).repeat_interleave(K, dim=1)
-            G[start:stop] += aa * (d[start:stop] @ d.T)
-    return G, torch.cat(residuals)
+    factors = [(torch.cat(acc_a), torch.cat(acc_d)) for acc_a, acc_d in per_layer]
+    return factors, torch.cat(residuals)
+
+
+def _dense_from_factors(factors, n: int, K: int, dtype, device) -> torch.Tensor:
+    """``G = Σ_layers (ÃÃᵀ ⊗ 1_{K×K}) ∘ (ΔΔᵀ)``, assembled in row blocks."""
+    N = n * K
+    G = torch.zeros(N, N, dtype=dtype, device=device)
+    rows = max(1, _BLOCK_ELEMENTS // N // K)  # samples per row block
+    for a, d in factors:
+        flat = d.reshape(N, -1)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            aa = a[start:stop] @ a.T  # (r, n)
+            dd = (flat[start * K : stop * K] @ flat.T).view(stop - start, K, n, K)
+            G[start * K : stop * K] += (dd * aa[:, None, :, None]).view(-1, N)
+    return G
+
+
+class _FactoredGram:
+    r"""``G = JJᵀ`` applied through the layer factors, never formed.
+
+    For one layer, row ``(i, k)`` of ``J`` is ``δ_ik ⊗ ã_i``, so ``(Gu)_ik = Σ_layers
+    δ_ik · (Mᵀ ã_i)`` with ``M = Σ_j ã_j ⊗ (Σ_k' u_jk' δ_jk')`` (the layer's gradient for
+    weights ``u``): ``O(n·K·out + n·in·out)`` per layer instead of ``O((nK)²)``.
+    """
+
+    def __init__(self, factors, n: int, K: int) -> None:
+        self.factors, self.n, self.K = factors, n, K
+
+    def matvec(self, u: torch.Tensor) -> torch.Tensor:
+        u = u.view(self.n, self.K)
+        out = torch.zeros_like(u)
+        for a, d in self.factors:
+            v = torch.einsum("nk,nko->no", u, d)
+            y = a @ (a.T @ v)
+            out += torch.einsum("nko,no->nk", d, y)
+        return out.reshape(-1)
+
+    def diagonal_blocks(self) -> torch.Tensor:
+        """``G_ii = Σ_layers ‖ã_i‖² Δ_i Δ_iᵀ``, shape (n, K, K)."""
+        return sum(
+            (a * a).sum(1)[:, None, None] * torch.bmm(d, d.transpose(1, 2))
+            for a, d in self.factors
+        )
+
+
+class _DenseGram:
+    def __init__(self, G: torch.Tensor, n: int, K: int) -> None:
+        self.G, self.n, self.K = G, n, K
+
+    def matvec(self, u: torch.Tensor) -> torch.Tensor:
+        return self.G @ u
+
+    def diagonal_blocks(self) -> torch.Tensor:
+        n, K = self.n, self.K
+        return self.G.view(n, K, n, K).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
 def _gram_jacobian(obj, theta, dtype):
@@ -194,6 +243,47 @@ def _gram_jacobian(obj, theta, dtype):
     return G, residuals
 
 
+def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
+    """``(gram, residuals, method, form)`` with ``gram`` a ``_DenseGram`` or ``_FactoredGram``."""
+    obj = check_objective(obj, "the Gram path")
+    if obj.loss_name != "mse":
+        raise ValueError(
+            f"the Gram path needs the square loss ('mse'), whose per-sample Hessians at "
+            f"interpolation are J_iᵀJ_i; this objective uses {obj.loss_name!r}. Use "
+            "valleys.stability.stability_analysis instead."
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "factored" and method == "jacobian":
+        raise ValueError(
+            "form='factored' needs method='linear-layers' (the layer factors); the jacobian "
+            "method always forms G densely"
+        )
+    theta = obj.resolve_theta(theta)
+    dtype = dtype or obj.dtype
+    if method in ("auto", "linear-layers"):
+        layers = _linear_layers(obj)
+        reason = layers if isinstance(layers, str) else None
+        if reason is None:
+            try:
+                factors, r = _linear_layer_factors(obj, theta, layers, dtype)
+            except _Unsupported as err:
+                reason = str(err)
+            else:
+                n, K = r.shape
+                if form == "dense":
+                    G = _dense_from_factors(factors, n, K, dtype, obj.device)
+                    return _DenseGram(G, n, K), r, "linear-layers", "dense"
+                return _FactoredGram(factors, n, K), r, "linear-layers", "factored"
+        if method == "linear-layers" or form == "factored":
+            raise ValueError(f"method='linear-layers' does not apply: {reason}")
+    G, r = _gram_jacobian(obj, theta, dtype)
+    n, K = r.shape
+    return _DenseGram(G, n, K), r, "jacobian", "dense"
+
+
 def gram_matrix(
     obj: Objective,
     theta: torch.Tensor | None = None,
@@ -209,50 +299,27 @@ def gram_matrix(
     linear-layers path is used when ``θ`` consists of whole ``nn.Linear`` layers.
     ``dtype``: of ``G`` (default the objective's).
     """
-    obj = check_objective(obj, "gram_matrix")
-    if obj.loss_name != "mse":
-        raise ValueError(
-            f"the Gram path needs the square loss ('mse'), whose per-sample Hessians at "
-            f"interpolation are J_iᵀJ_i; this objective uses {obj.loss_name!r}. Use "
-            "valleys.stability.stability_analysis instead."
-        )
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    theta = obj.resolve_theta(theta)
-    dtype = dtype or obj.dtype
-    if method in ("auto", "linear-layers"):
-        layers = _linear_layers(obj)
-        if isinstance(layers, str):
-            if method == "linear-layers":
-                raise ValueError(f"method='linear-layers' does not apply: {layers}")
-        else:
-            try:
-                G, r = _gram_linear_layers(obj, theta, layers, dtype)
-                return G, r, "linear-layers"
-            except _Unsupported as err:
-                if method == "linear-layers":
-                    raise ValueError(f"method='linear-layers' does not apply: {err}") from None
-    G, r = _gram_jacobian(obj, theta, dtype)
-    return G, r, "jacobian"
+    gram, r, used, _ = _build_gram(obj, theta, method, dtype, "dense")
+    return gram.G, r, used
 
 
 # -- eigenvalues ----------------------------------------------------------------------------------
-def _g_lanczos_top(G, apply_W, *, tol: float, seed: int | None, max_steps: int):
+def _g_lanczos_top(apply_G, apply_W, N: int, like: torch.Tensor, *, tol: float,
+                   seed: int | None, max_steps: int):
     """Top eigenvalue of ``W`` (self-adjoint in ``⟨x, y⟩_G = xᵀGy``) by Lanczos in that product.
 
     Full reorthogonalization (classical Gram–Schmidt twice), no restart. Returns
     ``(value, residual, steps, converged)``; the residual is the ``G``-norm one, which equals
     ``‖Σv − λv‖`` for ``v = Jᵀu``.
     """
-    N = G.shape[0]
-    gen = torch.Generator(device=G.device).manual_seed(0 if seed is None else int(seed))
-    u = torch.randn(N, generator=gen, dtype=G.dtype, device=G.device)
-    g = G @ u
+    gen = torch.Generator(device=like.device).manual_seed(0 if seed is None else int(seed))
+    u = torch.randn(N, generator=gen, dtype=like.dtype, device=like.device)
+    g = apply_G(u)
     norm = math.sqrt(max(float(u @ g), 0.0))
     if norm == 0:
         return 0.0, 0.0, 0, True
     m = min(max_steps, N)
-    U = torch.zeros(N, m, dtype=G.dtype, device=G.device)
+    U = torch.zeros(N, m, dtype=like.dtype, device=like.device)
     GU = torch.zeros_like(U)
     U[:, 0], GU[:, 0] = u / norm, g / norm
     T = torch.zeros(m, m, dtype=torch.float64)
@@ -266,7 +333,7 @@ def _g_lanczos_top(G, apply_W, *, tol: float, seed: int | None, max_steps: int):
         h = (h + h2).double().cpu()
         T[: j + 1, j] = h
         T[j, : j + 1] = h
-        gw = G @ w
+        gw = apply_G(w)
         beta = math.sqrt(max(float(w @ gw), 0.0))
         values, vectors = torch.linalg.eigh(T[: j + 1, : j + 1])
         theta = float(values[-1])
@@ -297,10 +364,13 @@ class GramStabilityResult:
         batch_size, noise_factor: ``B`` and ``c`` (``None`` without a batch size).
         n, num_outputs, gram_size: ``n``, ``K``, ``nK``.
         method: how ``G`` was built (``"linear-layers"`` or ``"jacobian"``).
+        form: ``"factored"`` (``G`` applied through the layer factors, never formed) or
+            ``"dense"``.
         max_residual: ``max |f(x_i)_k − y_ik|``; the numbers are exact only when it is 0.
         interpolating: ``max_residual <= residual_tol``.
-        gram_seconds, eig_seconds: time to build ``G`` and to find the eigenvalues.
-        matvecs: products with ``G``-sized matrices in the eigenvalue solvers.
+        gram_seconds, eig_seconds: time to build ``G`` (or its factors) and to find the
+            eigenvalues.
+        matvecs: products with ``G`` in the eigenvalue solvers.
         converged: all eigenvalue solvers met ``tol``. tol, seed, wall_time: as usual.
     """
 
@@ -313,6 +383,7 @@ class GramStabilityResult:
     num_outputs: int
     gram_size: int
     method: str
+    form: str
     max_residual: float
     interpolating: bool
     residual_tol: float
@@ -334,6 +405,7 @@ def gram_sharpness_nonuniformity(
     batch_size: int | None = None,
     theta: torch.Tensor | None = None,
     method: str = "auto",
+    form: str = "auto",
     dtype: torch.dtype | None = None,
     tol: float = 1e-8,
     seed: int | None = 0,
@@ -352,6 +424,10 @@ def gram_sharpness_nonuniformity(
         batch_size: ``1 <= B <= n`` to also compute ``max_stable_lr``.
         theta: parameters (default: the model's current ones).
         method: ``"auto"``, ``"linear-layers"`` or ``"jacobian"`` (how ``G`` is built).
+        form: ``"auto"``, ``"factored"`` or ``"dense"``. Factored (the default for the
+            linear-layers method) applies ``G`` through per-layer factors in
+            ``O(n·K·out + n·in·out)`` per product, never forming the ``nK × nK`` matrix;
+            dense forms it (always so for the jacobian method).
         dtype: dtype of ``G`` and of the eigenvalue solvers (default the objective's; pass
             ``torch.float64`` for a float32 model to reduce round-off, at twice the memory).
         tol: relative residual tolerance of the eigenvalue solvers.
@@ -366,7 +442,7 @@ def gram_sharpness_nonuniformity(
     if batch_size is not None:
         batch_size = check_batch_size(batch_size, obj.n)
         c = sgd_noise_factor(obj.n, batch_size)
-    G, residuals, used = gram_matrix(obj, theta, method=method, dtype=dtype)
+    gram, residuals, used, used_form = _build_gram(obj, theta, method, dtype, form)
     t1 = time.perf_counter()
     n, K = residuals.shape
     N = n * K
@@ -380,24 +456,28 @@ def gram_sharpness_nonuniformity(
             RuntimeWarning,
             stacklevel=2,
         )
-    blocks = G.view(n, K, n, K).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (n, K, K)
+    blocks = gram.diagonal_blocks()  # (n, K, K)
+    dtype, device = blocks.dtype, blocks.device
 
     def apply_D(x: torch.Tensor) -> torch.Tensor:
         return torch.bmm(blocks, x.view(n, K, 1)).reshape(N)
 
-    gram = DenseOperator(G, symmetric=True)
-    lam_G, matvecs, converged = _top_dense(gram, tol, seed)
+    lam_G, matvecs, converged = _top_dense(
+        LambdaOperator(gram.matvec, N, dtype, device), tol, seed
+    )
 
     def apply_W(u: torch.Tensor, Gu: torch.Tensor) -> torch.Tensor:  # (D − G/n) G u / n
-        return (apply_D(Gu) - (G @ Gu) / n) / n
+        return (apply_D(Gu) - gram.matvec(Gu) / n) / n
 
-    lam_S, _, steps, ok = _g_lanczos_top(G, apply_W, tol=tol, seed=seed, max_steps=max_steps)
-    matvecs += 2 * steps
+    lam_S, _, steps, ok = _g_lanczos_top(
+        gram.matvec, apply_W, N, blocks, tol=tol, seed=seed, max_steps=max_steps
+    )
+    matvecs += 2 * steps + 1
     converged = converged and ok
     lr = None
     if c is not None:
         op = LambdaOperator(
-            lambda x: (1.0 - c) * (G @ x) / n + c * apply_D(x), N, G.dtype, G.device
+            lambda x: (1.0 - c) * gram.matvec(x) / n + c * apply_D(x), N, dtype, device
         )
         lam_K, used_k, ok = _top_dense(op, tol, seed)
         matvecs += used_k
@@ -414,6 +494,7 @@ def gram_sharpness_nonuniformity(
         num_outputs=K,
         gram_size=N,
         method=used,
+        form=used_form,
         max_residual=max_residual,
         interpolating=interpolating,
         residual_tol=residual_tol,
