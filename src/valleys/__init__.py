@@ -24,6 +24,7 @@ from valleys.operators import LambdaOperator as LambdaOperator
 from valleys.operators import LinearOperator as LinearOperator
 from valleys.operators import empirical_fisher as empirical_fisher
 from valleys.operators import ggn as ggn
+from valleys.operators import ggn_variance as ggn_variance
 from valleys.operators import gradient_covariance as gradient_covariance
 from valleys.operators import hessian as hessian
 from valleys.operators import hessian_variance as hessian_variance

@@ -48,7 +48,14 @@ import torch
 from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
-from valleys.operators import LambdaOperator, LinearOperator, hessian, hessian_variance
+from valleys.operators import (
+    LambdaOperator,
+    LinearOperator,
+    ggn,
+    ggn_variance,
+    hessian,
+    hessian_variance,
+)
 from valleys.stability._common import (
     check_batch_size,
     check_lr,
@@ -69,22 +76,53 @@ __all__ = [
 
 # Below this dimension M is formed densely (eigsh needs k < p, and it is cheaper anyway).
 _DENSE_DIM = 2
+CURVATURES = ("hessian", "ggn")
+
+
+def _check_curvature(curvature: str, method: str) -> str:
+    if curvature not in CURVATURES:
+        raise ValueError(
+            f"curvature must be one of {CURVATURES} (the per-sample matrices H_i: exact "
+            f"Hessians, or Gauss–Newton parts J_iᵀΛ_iJ_i), got {curvature!r}"
+        )
+    if curvature == "ggn" and method != "auto":
+        raise ValueError(
+            f"method={method!r} selects a Hessian-variance algorithm; with curvature='ggn' the "
+            "GGN variance has one algorithm, so leave method='auto'"
+        )
+    return curvature
+
+
+def _variance(obj, theta, method: str, curvature: str) -> LinearOperator:
+    if curvature == "ggn":
+        return ggn_variance(obj, theta)
+    return hessian_variance(obj, theta, method=method)
 
 
 class _Operators:
-    """``H``, ``Σ`` (only when ``c > 0``) and ``A = H² + cΣ`` at one ``θ``."""
+    """``H``, ``Σ`` (only when ``c > 0``) and ``A = H² + cΣ`` at one ``θ``.
+
+    With ``curvature="ggn"`` every per-sample Hessian is replaced by its Gauss–Newton part, so
+    ``H`` is the GGN and ``Σ`` the GGN variance.
+    """
 
     def __init__(
-        self, obj: Objective, batch_size: int, theta: torch.Tensor | None, method: str
+        self,
+        obj: Objective,
+        batch_size: int,
+        theta: torch.Tensor | None,
+        method: str,
+        curvature: str = "hessian",
     ) -> None:
         self.n = obj.n
         self.c = sgd_noise_factor(obj.n, batch_size)
         self.sigma: LinearOperator | None = None
         if self.c > 0:
-            self.sigma = hessian_variance(obj, theta, method=method)
-            self.H = self.sigma.hessian  # shares θ and the cached graphs
+            self.sigma = _variance(obj, theta, method, curvature)
+            # shares θ and the cached graphs
+            self.H = self.sigma.ggn if curvature == "ggn" else self.sigma.hessian
         else:
-            self.H = hessian(obj, theta)
+            self.H = ggn(obj, theta) if curvature == "ggn" else hessian(obj, theta)
         self.dim, self.dtype, self.device = obj.dim, obj.dtype, obj.device
 
     def apply_A(self, v: torch.Tensor, Hv: torch.Tensor) -> torch.Tensor:
@@ -142,6 +180,7 @@ class StabilityResult:
         matvecs: products with ``M``. hessian_matvecs, variance_matvecs: products with ``H``
             and ``Σ`` (one ``M`` product is two ``H`` and one ``Σ`` products).
         tol: verdict slack and Lanczos tolerance. seed: Lanczos seed. wall_time: seconds.
+        curvature: ``"hessian"`` or ``"ggn"`` (which per-sample matrices were used).
     """
 
     verdict: bool
@@ -164,6 +203,7 @@ class StabilityResult:
     tol: float
     seed: int | None
     wall_time: float
+    curvature: str = "hessian"
 
     @property
     def stable(self) -> bool:
@@ -184,6 +224,7 @@ def stability_analysis(
     max_matvecs: int | None = None,
     components: bool = True,
     method: str = "auto",
+    curvature: str = "hessian",
 ) -> StabilityResult:
     r"""Check ``λ_max{(I − ηH)² + η² c Σ} <= 1 + tol`` (Wu, Ma & E 2018) at ``θ``, with details.
 
@@ -204,13 +245,20 @@ def stability_analysis(
         components: also compute the sharpness and non-uniformity (two more Lanczos runs) and
             compare them with the necessary bounds.
         method: Hessian-variance algorithm, see :func:`valleys.hessian_variance`.
+        curvature: ``"hessian"`` (the per-sample Hessians ``H_i = ∇²ℓ_i``, the paper's
+            condition) or ``"ggn"`` (their Gauss–Newton parts ``J_iᵀΛ_iJ_i``; see
+            :class:`~valleys.operators.GGNVarianceOperator`). Use ``"ggn"`` at a point that is
+            only approximately a minimum: the residual terms of ``H_i`` there carry slightly
+            negative curvature, along which the Hessian condition fails for every ``η``. At an
+            interpolating square-loss minimum the two agree.
     """
     t0 = time.perf_counter()
     obj = check_objective(obj, "stability_analysis")
+    curvature = _check_curvature(curvature, method)
     lr = check_lr(lr)
     batch_size = check_batch_size(batch_size, obj.n)
     tol = default_tol(obj.dtype) if tol is None else check_tol(tol)
-    ops = _Operators(obj, batch_size, theta, method)
+    ops = _Operators(obj, batch_size, theta, method, curvature)
     M = ops.M(lr)
     lam, _, residual, converged, _ = _top(M, tol=tol, seed=seed, max_matvecs=max_matvecs)
     matvecs = M.num_matvecs
@@ -218,7 +266,7 @@ def stability_analysis(
     a = s = within = None
     if components:
         a, *_ = _top(ops.H, tol=max(tol, 1e-6), seed=seed, max_matvecs=None)
-        sigma = ops.sigma if ops.sigma is not None else hessian_variance(obj, theta, method=method)
+        sigma = ops.sigma if ops.sigma is not None else _variance(obj, theta, method, curvature)
         s2, *_ = _top(sigma, tol=max(tol, 1e-6), seed=seed, max_matvecs=None)
         s = math.sqrt(max(s2, 0.0))
         within = bounds.contains(a, s)
@@ -244,6 +292,7 @@ def stability_analysis(
         tol=tol,
         seed=seed,
         wall_time=time.perf_counter() - t0,
+        curvature=curvature,
     )
 
 
@@ -255,14 +304,16 @@ def is_stable(
     theta: torch.Tensor | None = None,
     tol: float | None = None,
     seed: int | None = 0,
+    curvature: str = "hessian",
 ) -> bool:
     """Whether SGD is linearly stable at ``θ`` by the sufficient condition of Wu, Ma & E (2018).
 
     ``λ_max{(I − ηH)² + η² (n−B)/(B(n−1)) Σ} <= 1 + tol``; see :func:`stability_analysis` for
-    the details and the meaning of ``tol``.
+    the details, the meaning of ``tol`` and ``curvature="ggn"`` for approximate minima.
     """
     return stability_analysis(
-        obj, lr, batch_size, theta=theta, tol=tol, seed=seed, components=False
+        obj, lr, batch_size, theta=theta, tol=tol, seed=seed, components=False,
+        curvature=curvature,
     ).verdict
 
 
@@ -281,8 +332,8 @@ class MaxStableLRResult:
         matvecs: products with ``M`` over all Lanczos runs (plus the sharpness run's ``H``
             products). hessian_matvecs, variance_matvecs: products with ``H`` and ``Σ``.
         converged: the last iterate met ``λ_max(M) <= 1 + tol`` and every Lanczos run converged.
-        tol, seed, wall_time: as in :class:`StabilityResult`. note: why a special value was
-            returned (``None`` normally).
+        tol, seed, wall_time, curvature: as in :class:`StabilityResult`. note: why a special
+            value was returned (``None`` normally).
     """
 
     lr: float
@@ -302,6 +353,7 @@ class MaxStableLRResult:
     seed: int | None
     wall_time: float
     note: str | None = None
+    curvature: str = "hessian"
 
     def to_dict(self) -> dict[str, Any]:
         return record_to_dict(self)
@@ -317,6 +369,7 @@ def max_stable_lr_analysis(
     max_iter: int = 50,
     max_matvecs: int | None = None,
     method: str = "auto",
+    curvature: str = "hessian",
 ) -> MaxStableLRResult:
     r"""Largest ``η`` with ``λ_max{(I − ηH)² + η² c Σ} <= 1`` at ``θ``, with details.
 
@@ -334,7 +387,7 @@ def max_stable_lr_analysis(
     Args:
         obj: the empirical risk (``θ`` should be a minimum).
         batch_size: ``1 <= B <= n``.
-        theta, tol, seed, method: as in :func:`stability_analysis`.
+        theta, tol, seed, method, curvature: as in :func:`stability_analysis`.
         max_iter: cap on Dinkelbach steps (typically fewer than 10 are needed).
         max_matvecs: Lanczos budget per eigenvalue solve.
     """
@@ -344,7 +397,8 @@ def max_stable_lr_analysis(
     tol = default_tol(obj.dtype) if tol is None else check_tol(tol)
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    ops = _Operators(obj, batch_size, theta, method)
+    curvature = _check_curvature(curvature, method)
+    ops = _Operators(obj, batch_size, theta, method, curvature)
     a, v, _, ok, matvecs = _top(ops.H, tol=tol, seed=seed, max_matvecs=max_matvecs)
 
     def finish(lr, lam, history, converged, note=None):
@@ -354,7 +408,7 @@ def max_stable_lr_analysis(
             batch_size=batch_size, n=obj.n, noise_factor=ops.c, iterations=len(history),
             history=tuple(history), matvecs=matvecs, hessian_matvecs=h_count,
             variance_matvecs=v_count, converged=converged, tol=tol, seed=seed,
-            wall_time=time.perf_counter() - t0, note=note,
+            wall_time=time.perf_counter() - t0, note=note, curvature=curvature,
         )
 
     if a <= 0:
@@ -384,8 +438,8 @@ def max_stable_lr_analysis(
         if h <= 0 or alpha <= 0:
             note = (
                 f"direction with vᵀHv = {h:.3g} <= 0: θ is not a minimum, so the condition fails "
-                f"for every η > 0 (the history holds upper bounds; at a near-interpolating "
-                f"square-loss point, gram_sharpness_nonuniformity gives the Gauss–Newton value)"
+                f"for every η > 0 (the history holds upper bounds; at a point that is only "
+                f"approximately a minimum, curvature='ggn' gives the Gauss–Newton value)"
             )
             return finish(0.0, lam, history, all_converged, note)
         new = 2.0 * h / alpha
@@ -404,11 +458,15 @@ def max_stable_lr(
     theta: torch.Tensor | None = None,
     tol: float | None = None,
     seed: int | None = 0,
+    curvature: str = "hessian",
 ) -> float:
     r"""Largest learning rate for which SGD is linearly stable at ``θ`` (sufficient condition).
 
     The largest ``η`` with ``λ_max{(I − ηH)² + η² (n−B)/(B(n−1)) Σ} <= 1`` (Wu, Ma & E 2018),
     i.e. ``η* = 2 min_v vᵀHv / vᵀ(H² + cΣ)v``. ``batch_size = n`` is GD: ``2/λ_max(H)``. See
-    :func:`max_stable_lr_analysis` for the method, tolerance and a record of the computation.
+    :func:`max_stable_lr_analysis` for the method, tolerance and a record of the computation,
+    and :func:`stability_analysis` for ``curvature="ggn"`` (approximate minima).
     """
-    return max_stable_lr_analysis(obj, batch_size, theta=theta, tol=tol, seed=seed).lr
+    return max_stable_lr_analysis(
+        obj, batch_size, theta=theta, tol=tol, seed=seed, curvature=curvature
+    ).lr

@@ -1,0 +1,129 @@
+"""The variance of per-sample Gauss–Newton matrices: non-uniformity away from exact minima."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import jacrev, vmap
+
+from valleys.objective import Objective
+from valleys.operators.base import LinearOperator
+from valleys.operators.curvature import CurvatureOperator, vjp_rows
+from valleys.operators.ggn import GGNOperator, output_hessian_product
+
+__all__ = ["GGNVarianceOperator", "ggn_variance"]
+
+# Per-sample Jacobians materialize a (samples × outputs × p) block; keep it near this size.
+_BLOCK_ELEMENTS = 2**24
+
+
+def sample_output_grams(objective: Objective, theta: torch.Tensor, X: torch.Tensor):
+    """``J_i J_iᵀ`` for every sample of ``X``: shape ``(b, K, K)``, ``K`` the flat output size.
+
+    Per-sample Jacobians by ``vmap(jacrev)``, in blocks of samples so that at most
+    ``_BLOCK_ELEMENTS`` Jacobian entries exist at once.
+    """
+
+    def single(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return objective.forward(t, x.unsqueeze(0))[0].reshape(-1)
+
+    jac = vmap(jacrev(single), in_dims=(None, 0))
+    theta = theta.detach()
+    K = objective.forward(theta, X[:1]).numel()
+    step = max(1, _BLOCK_ELEMENTS // (K * objective.dim))
+    grams = []
+    for start in range(0, X.shape[0], step):
+        J = jac(theta, X[start : start + step])  # (s, K, p)
+        grams.append(J @ J.transpose(1, 2))
+    return torch.cat(grams)
+
+
+class _GGNSecondMoment(CurvatureOperator):
+    r"""``(1/n) Σ_i G_i²`` with ``G_i = J_iᵀΛ_iJ_i``: ``G_i²v = J_iᵀΛ_i(J_iJ_iᵀ)Λ_iJ_iv``.
+
+    The ``K × K`` blocks ``J_iJ_iᵀ`` are computed once per chunk and kept (``n·K²`` numbers);
+    the graphs follow the usual caching rule of :class:`CurvatureOperator`.
+    """
+
+    def __init__(self, objective: Objective, theta, *, cache) -> None:
+        super().__init__(objective, theta, cache=cache)
+        self._grams: list[torch.Tensor] = []
+
+    def _graph(self, X, Y):
+        leaf = self._leaf()
+        out = self.objective.forward(leaf, X)
+        dual = torch.zeros_like(out, requires_grad=True)
+        jt_dual = torch.autograd.grad(out, leaf, dual, create_graph=True)[0]
+        return leaf, out, dual, jt_dual, Y
+
+    def _states(self):
+        if self.cache and self._cached is not None:
+            yield from self._cached
+            return
+        states = []
+        for index, (X, Y) in enumerate(self.objective.chunks()):
+            if index == len(self._grams):
+                self._grams.append(sample_output_grams(self.objective, self.theta, X))
+            state = (*self._graph(X, Y), self._grams[index])
+            if self.cache:
+                states.append(state)
+            yield state
+        if self.cache:
+            self._cached = states
+
+    def _apply(self, state, V):
+        leaf, out, dual, jt_dual, Y, grams = state
+        k, b = V.shape[0], out.shape[0]
+        outputs = out.detach()
+        u = output_hessian_product(self.objective, outputs, Y, vjp_rows(jt_dual, dual, V))
+        w = torch.einsum("bij,kbj->kbi", grams, u.reshape(k, b, -1)).reshape(u.shape)
+        w = output_hessian_product(self.objective, outputs, Y, w)
+        return vjp_rows(out, leaf, w / self.objective.n)
+
+
+class GGNVarianceOperator(LinearOperator):
+    r"""Variance of the per-sample generalized Gauss–Newton matrices,
+
+    .. math::  Σ_G = \frac1n \sum_{i=1}^n G_i^2 − G^2, \qquad G_i = J_i^\top Λ_i J_i,
+               \quad G = \frac1n \sum_i G_i ,
+
+    with ``J_i = ∂f(x_i; θ)/∂θ`` and ``Λ_i`` the loss Hessian in the outputs (see
+    :class:`~valleys.operators.GGNOperator`). It is the Hessian variance of Wu, Ma & E (2018)
+    with every per-sample Hessian replaced by its Gauss–Newton part. At an interpolating minimum
+    of the square loss ``G_i = H_i`` and the two operators coincide; near such a minimum (a
+    trained network stops at a small but nonzero loss) the residual terms of ``H_i`` add small
+    indefinite parts that make the exact-Hessian stability condition fail along directions of
+    slightly negative curvature, while ``G_i ⪰ 0`` keeps the linearized dynamics of SGD on the
+    Gauss–Newton model well posed. For ``"mse"`` its top eigenvalue equals the Gram-path
+    non-uniformity of :func:`valleys.stability.gram_sharpness_nonuniformity` at any ``θ``.
+
+    A product is ``Σ_G v = (1/n) Σ_i J_iᵀΛ_i D_i Λ_i J_i v − G(Gv)`` with the ``K × K`` blocks
+    ``D_i = J_iJ_iᵀ`` computed once (``vmap`` of per-sample Jacobians, in blocks): one Jacobian
+    product ``Jv`` and one transposed product per chunk, plus two GGN products.
+
+    Args:
+        objective: the empirical risk.
+        theta: parameters (default: the model's current ones, copied).
+        cache: keep each chunk's graph between products (default: one chunk only).
+    """
+
+    def __init__(
+        self, objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+    ) -> None:
+        self.ggn = GGNOperator(objective, theta, cache=cache)
+        super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
+        self.objective = objective
+        self.theta = self.ggn.theta
+        self._second = _GGNSecondMoment(objective, self.theta, cache=cache)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._second.matmat(V) - self.ggn.matmat(self.ggn.matmat(V))
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._second.matvec(v) - self.ggn.matvec(self.ggn.matvec(v))
+
+
+def ggn_variance(
+    objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+) -> GGNVarianceOperator:
+    """The variance of per-sample GGN matrices as an operator (see :class:`GGNVarianceOperator`)."""
+    return GGNVarianceOperator(objective, theta, cache=cache)
