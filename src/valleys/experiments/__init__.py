@@ -16,6 +16,7 @@ __all__ = ["EXPERIMENTS", "get_experiment"]
 EXPERIMENTS: dict[str, str] = {
     "linear-stability": "valleys.experiments.linear_stability",
     "input-smoothness": "valleys.experiments.input_smoothness",
+    "multiscale": "valleys.experiments.multiscale",
 }
 
 
