@@ -11,6 +11,7 @@ from valleys import models as models
 from valleys import smoothness as smoothness
 from valleys import stability as stability
 from valleys import sweeps as sweeps
+from valleys import train as train
 from valleys._version import __version__ as __version__
 from valleys.linalg import EigshResult as EigshResult
 from valleys.linalg import SpectralDensity as SpectralDensity

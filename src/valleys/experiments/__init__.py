@@ -17,6 +17,7 @@ EXPERIMENTS: dict[str, str] = {
     "linear-stability": "valleys.experiments.linear_stability",
     "input-smoothness": "valleys.experiments.input_smoothness",
     "multiscale": "valleys.experiments.multiscale",
+    "edge-of-stability": "valleys.experiments.edge_of_stability",
 }
 
 

@@ -8,6 +8,8 @@
   second-moment map) for small problems.
 * :mod:`~valleys.stability.gram`: sharpness, non-uniformity and ``max_stable_lr`` from the
   Gram (NTK) matrix at an interpolating square-loss minimum.
+* :mod:`~valleys.stability.thresholds`: the quadratic stability thresholds of GD, heavy ball,
+  Nesterov and frozen-preconditioner Adam, as torch implements their updates.
 """
 
 from valleys.stability.condition import MaxStableLRResult as MaxStableLRResult
@@ -30,8 +32,11 @@ from valleys.stability.exact import second_moment_map as second_moment_map
 from valleys.stability.gram import GramStabilityResult as GramStabilityResult
 from valleys.stability.gram import gram_matrix as gram_matrix
 from valleys.stability.gram import gram_sharpness_nonuniformity as gram_sharpness_nonuniformity
+from valleys.stability.thresholds import OPTIMIZER_THRESHOLDS as OPTIMIZER_THRESHOLDS
+from valleys.stability.thresholds import threshold as threshold
 
 __all__ = [
+    "OPTIMIZER_THRESHOLDS",
     "ExactMeanSquareResult",
     "GramStabilityResult",
     "MaxStableLRResult",
@@ -52,4 +57,5 @@ __all__ = [
     "sgd_noise_factor",
     "stability_analysis",
     "stability_region",
+    "threshold",
 ]

@@ -4,6 +4,11 @@ Training never touches the user's model: it moves a flat parameter vector ``θ``
 the model functionally, so the same :class:`~valleys.Objective` serves curvature analysis at any
 iterate. Divergence is data: a run whose loss turns non-finite or grows beyond
 ``divergence_factor`` times its initial value stops with ``status="diverged"``.
+
+Callbacks are functions ``cb(step, θ) -> dict``. A callback that also has a ``setup(context)``
+method receives a :class:`TrainContext` (the objective, the torch optimizer, its parameter and the
+config) before the first step, which is how :mod:`valleys.train.callbacks` reads Adam's
+second-moment state for the preconditioned sharpness.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 
 from valleys.objective import Objective
 
-__all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainResult", "train"]
+__all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainContext", "TrainResult", "train"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 SAMPLING = ("subset", "replacement", "shuffle")
@@ -51,7 +56,25 @@ class TrainConfig:
     seed: int = 0
     loss_goal: float | None = None
     record_every: int = 10
+    accuracy_goal: float | None = None
     divergence_factor: float = 1e6
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What a callback's ``setup(context)`` receives before the first step.
+
+    Attributes:
+        objective: the objective being trained.
+        optimizer: the torch.optim optimizer (its ``state[param]`` holds e.g. Adam's moments).
+        param: the single flat ``nn.Parameter`` the optimizer moves (``θ``).
+        config: the validated :class:`TrainConfig`.
+    """
+
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    param: torch.nn.Parameter
+    config: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +82,7 @@ class TrainResult:
     """Outcome of :func:`train`: final parameters, status and one record per logged step."""
 
     theta: torch.Tensor
-    status: str  # "converged" (loss goal reached), "max_steps" or "diverged"
+    status: str  # "converged" (loss or accuracy goal reached), "max_steps" or "diverged"
     steps: int
     records: list[dict[str, Any]] = field(default_factory=list)
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -70,9 +93,16 @@ class TrainResult:
         return self.records[-1]["loss"] if self.records else math.nan
 
     def to_dataframe(self):
+        """The records as a tidy pandas DataFrame: one row per recorded step."""
         import pandas as pd
 
         return pd.DataFrame(self.records)
+
+    def to_tensorboard(self, log_dir: str, *, tag_prefix: str = "") -> str:
+        """Write every numeric record column as a TensorBoard scalar (needs ``tensorboard``)."""
+        from valleys.train.tensorboard import write_tensorboard
+
+        return write_tensorboard(self.records, log_dir, tag_prefix=tag_prefix)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,13 +133,16 @@ def train(
         theta: starting point (default: the model's current parameters; the model itself is
             never modified — write the result back with ``objective.set_parameters``).
         callbacks: functions ``cb(step, θ) -> dict`` called at every recorded step; their
-            entries are added to the record (e.g. the sharpness).
+            entries are added to the record (e.g. the sharpness). A callback with a
+            ``setup(context)`` method gets a :class:`TrainContext` before the first step.
         progress: called with the number of steps done, for progress bars.
 
     Every ``record_every`` steps (and at the last) a record holds ``step``, ``epoch``,
-    full-data ``loss`` (and ``accuracy`` for classifiers), ``distance`` from the start and the
-    callbacks' entries. Training stops early when the full-data loss reaches ``loss_goal``
-    (checked at recorded steps) or diverges.
+    full-data ``loss`` (and ``accuracy`` for classifiers), the full-data gradient norm
+    ``grad_norm`` = ‖∇L(θ)‖, ``distance`` = ‖θ − θ_0‖ from the start, ``path_length`` = Σ_t
+    ‖θ_{t+1} − θ_t‖ (the distance travelled) and the callbacks' entries. Training stops early
+    when the full-data loss reaches ``loss_goal`` or the accuracy reaches ``accuracy_goal``
+    (checked at recorded steps), or when it diverges.
     """
     config = _validated(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}), objective)
     start = objective.resolve_theta(theta).detach().clone()
@@ -118,6 +151,15 @@ def train(
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     sampler = _sampler(config, objective.n, generator)
     classify = _is_classifier(objective)
+    if config.accuracy_goal is not None and not classify:
+        raise ValueError(
+            "accuracy_goal needs a classifier (loss 'ce' or one-hot targets); use loss_goal"
+        )
+    context = TrainContext(objective, optimizer, param, config)
+    for callback in callbacks:
+        if hasattr(callback, "setup"):
+            callback.setup(context)
+    path_length = 0.0
     records: list[dict[str, Any]] = []
     initial_loss = None
     status = "max_steps"
@@ -125,8 +167,11 @@ def train(
     step = 0
     for step in range(config.steps + 1):
         last = step == config.steps
+        full_gradient = None
         if step % config.record_every == 0 or last:
-            record = _record(objective, param.detach(), start, step, config, classify)
+            record, full_gradient = _record(objective, param.detach(), start, step, config,
+                                            classify)
+            record["path_length"] = path_length
             for callback in callbacks:
                 record.update(callback(step, param.detach()) or {})
             records.append(record)
@@ -134,18 +179,25 @@ def train(
             if _diverged(record["loss"], initial_loss, config):
                 status = "diverged"
                 break
-            if config.loss_goal is not None and record["loss"] <= config.loss_goal:
+            if _goal_reached(record, config):
                 status = "converged"
                 break
         if last:
             break
-        loss = _set_gradient(objective, param, sampler)
+        if full_gradient is not None and config.batch_size is None:
+            # Full batch: the record's gradient is this step's gradient, computed once.
+            loss = record["loss"]
+            param.grad = full_gradient
+        else:
+            loss = _set_gradient(objective, param, sampler)
         if _diverged(loss, initial_loss, config):
             records.append({"step": step, "epoch": _epoch(step, config, objective.n),
                             "loss": loss})
             status = "diverged"
             break
+        before = param.detach().clone()
         optimizer.step()
+        path_length += float(torch.linalg.vector_norm(param.detach() - before))
         if progress is not None:
             progress(step + 1)
     return TrainResult(
@@ -178,6 +230,8 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
         objective.batch(torch.zeros(1, dtype=torch.long))  # clear error for iterable data
     if not 0 <= config.momentum < 1:
         raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
+    if config.accuracy_goal is not None and not 0 < config.accuracy_goal <= 1:
+        raise ValueError(f"accuracy_goal must lie in (0, 1], got {config.accuracy_goal!r}")
     return config
 
 
@@ -226,16 +280,28 @@ def _set_gradient(objective: Objective, param: torch.nn.Parameter, sampler) -> f
     return float(loss)
 
 
-def _record(objective, theta, start, step, config, classify) -> dict[str, Any]:
+def _record(objective, theta, start, step, config, classify):
+    """The step's record and the full-data gradient (one pass gives loss and gradient)."""
+    loss, gradient = objective.loss_and_gradient(theta)
     record = {
         "step": step,
         "epoch": _epoch(step, config, objective.n),
-        "loss": float(objective.loss(theta)),
+        "loss": float(loss),
+        "grad_norm": float(torch.linalg.vector_norm(gradient)),
         "distance": float(torch.linalg.vector_norm(theta - start)),
     }
     if classify and math.isfinite(record["loss"]):
         record["accuracy"] = objective.accuracy(theta)
-    return record
+    return record, gradient
+
+
+def _goal_reached(record: dict[str, Any], config: TrainConfig) -> bool:
+    if config.loss_goal is not None and record["loss"] <= config.loss_goal:
+        return True
+    accuracy = record.get("accuracy")
+    return config.accuracy_goal is not None and accuracy is not None and (
+        accuracy >= config.accuracy_goal
+    )
 
 
 def _epoch(step: int, config: TrainConfig, n: int) -> float:

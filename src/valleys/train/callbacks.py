@@ -1,0 +1,256 @@
+r"""Training callbacks that watch the curvature: sharpness, top-k eigenvalues, preconditioning.
+
+A callback is a function ``cb(step, θ) -> dict`` for :func:`valleys.train.train`; its entries go
+into the step's record (one row of the tidy table). The callbacks here are small stateful objects:
+
+* :class:`SharpnessTracker` computes the top-``k`` eigenvalues of the training-loss Hessian
+  ``H = ∇²L(θ)`` with thick-restart Lanczos (:func:`valleys.linalg.eigsh`), **warm-started**
+  from the previous evaluation's eigenvectors, and the projections ``⟨θ, v_i⟩`` of the iterate on
+  them. With ``preconditioned=True`` it tracks ``λ_i(P⁻¹H)`` instead, through the symmetric form
+  ``P^{-1/2} H P^{-1/2}`` (same spectrum), with ``P`` read from the optimizer's state at each call
+  (Cohen et al., "Adaptive gradient methods at the edge of stability", arXiv 2207.14484).
+
+Sharpness is λ_max(H), the largest *algebraic* eigenvalue (Cohen et al., ICLR 2021).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import torch
+
+from valleys.linalg import eigsh
+from valleys.objective import Objective
+from valleys.operators import hessian
+from valleys.operators.base import LinearOperator
+
+__all__ = [
+    "PreconditionedOperator",
+    "SharpnessTracker",
+    "optimizer_preconditioner",
+]
+
+
+class PreconditionedOperator(LinearOperator):
+    r"""The symmetric form ``D A D`` of ``P⁻¹A`` with ``D = P^{-1/2}`` for a diagonal ``P > 0``.
+
+    ``P⁻¹A = D (D A D) D⁻¹`` is similar to ``D A D``, so both have the same eigenvalues; an
+    eigenvector ``u`` of ``D A D`` gives the eigenvector ``D u`` of ``P⁻¹A``.
+
+    Args:
+        op: a symmetric operator ``A``.
+        diagonal: the diagonal of ``P`` (positive, finite), a flat tensor of the operator's size.
+    """
+
+    def __init__(self, op: LinearOperator, diagonal: torch.Tensor) -> None:
+        if not isinstance(op, LinearOperator) or not op.symmetric:
+            raise TypeError("PreconditionedOperator needs a symmetric valleys LinearOperator")
+        if not isinstance(diagonal, torch.Tensor) or diagonal.shape != (op.size,):
+            raise ValueError(f"the preconditioner diagonal must have shape ({op.size},)")
+        if not torch.isfinite(diagonal).all() or not bool((diagonal > 0).all()):
+            raise ValueError("the preconditioner diagonal must be positive and finite")
+        super().__init__(op.size, op.dtype, op.device, symmetric=True)
+        self.op = op
+        self.scale = diagonal.to(dtype=op.dtype, device=op.device).rsqrt()
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.op.matvec(self.scale * v)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.scale[:, None] * self.op.matmat(self.scale[:, None] * V)
+
+
+def optimizer_preconditioner(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor
+) -> torch.Tensor | None:
+    r"""The diagonal preconditioner ``P`` of an adaptive torch.optim optimizer, as it applies it.
+
+    The update of these optimizers is ``θ ← θ − η P⁻¹ u`` for a (momentum) direction ``u``:
+
+    * ``Adam`` / ``AdamW``: ``P = sqrt(v_t / (1 − β₂^t)) + ε`` with ``v_t`` the ``exp_avg_sq``
+      state (``max_exp_avg_sq`` with ``amsgrad``), exactly torch's denominator. (Adam's other
+      bias correction, ``1/(1 − β₁^t)``, scales the step size, not ``P``, and tends to 1.)
+    * ``RMSprop``: ``P = sqrt(square_avg) + ε`` (``sqrt(square_avg − grad_avg²) + ε`` when
+      ``centered``); torch applies no bias correction.
+    * ``Adagrad``: ``P = sqrt(sum) + ε``.
+
+    Returns ``None`` before the first step (no state yet). Raises ``TypeError`` for optimizers
+    without a diagonal preconditioner (plain SGD: use the ordinary sharpness).
+    """
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])),
+                 None)
+    if group is None:
+        raise ValueError("param is not one of the optimizer's parameters")
+    state = optimizer.state.get(param, {})
+    eps = group["eps"] if "eps" in group else None
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        if "exp_avg_sq" not in state:
+            return None
+        t = float(state["step"])
+        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        return (v / (1 - group["betas"][1] ** t)).sqrt() + eps
+    if isinstance(optimizer, torch.optim.RMSprop):
+        if "square_avg" not in state:
+            return None
+        avg = state["square_avg"]
+        if group.get("centered"):
+            avg = avg - state["grad_avg"] ** 2
+        return avg.sqrt() + eps
+    if isinstance(optimizer, torch.optim.Adagrad):
+        if int(state.get("step", 0)) == 0:
+            return None
+        return state["sum"].sqrt() + eps
+    raise TypeError(
+        f"{type(optimizer).__name__} has no diagonal preconditioner; preconditioned sharpness "
+        "is defined for Adam, AdamW, RMSprop and Adagrad (use the plain sharpness for SGD)"
+    )
+
+
+class SharpnessTracker:
+    r"""Callback: the top-``k`` Hessian eigenvalues every ``every`` steps, Lanczos warm-started.
+
+    At each evaluated step it runs :func:`valleys.linalg.eigsh` on ``H = ∇²L(θ)`` (or on
+    ``P^{-1/2} H P^{-1/2}`` when ``preconditioned``) to relative tolerance ``tol`` and records
+
+    * ``{prefix}sharpness`` = ``λ_1`` and ``{prefix}eig_i`` = ``λ_i`` for ``i = 1..k``;
+    * ``{prefix}proj_i`` = ``⟨θ, v_i⟩``, the projection of the iterate on the ``i``-th
+      eigenvector (of ``H``; of ``P⁻¹H`` normalized, when preconditioned). Eigenvector signs
+      are chosen to agree with the previous evaluation's so the projections are continuous;
+    * ``{prefix}matvecs`` (Hessian-vector products used) and ``{prefix}converged``.
+
+    **Warm start.** Between evaluations the iterate moves a little, so the previous top
+    eigenvectors are close to the new ones. The Lanczos start vector is then the sum of the
+    previous ``k`` eigenvectors plus ``warm_noise`` times a random unit vector (seeded). The
+    noise keeps the start from being accepted as is when the previous top eigenvector has
+    become an interior one (a crossing of eigenvalues): Lanczos amplifies any component along a
+    larger eigenvalue, and that costs a few matvecs only. ``warm_start=False`` starts every
+    evaluation from a fresh random vector (the cold baseline). :attr:`history` keeps, per
+    evaluation, the step, the matvecs, the top eigenvalue and whether it was warm.
+
+    Args:
+        objective: the objective being trained (the Hessian is taken at each recorded θ).
+        k: number of top eigenvalues.
+        every: evaluate at steps divisible by ``every`` (other recorded steps get nothing).
+        tol: relative residual tolerance of Lanczos (see :func:`~valleys.linalg.eigsh`).
+        which: ``"largest"`` (algebraic; the sharpness) or ``"magnitude"``.
+        warm_start: start from the previous eigenvectors.
+        warm_noise: size of the random perturbation of a warm start, relative to its norm.
+        preconditioned: track ``λ(P⁻¹H)`` with ``P`` from the optimizer's state (needs the
+            optimizer, which :func:`~valleys.train.train` passes through ``setup``; before the
+            first step, when there is no state, the values are NaN).
+        prefix: prefix of the record keys (default ``""``, or ``"precond_"`` when
+            ``preconditioned``).
+        seed: seeds the cold start vectors and the warm-start noise.
+        max_matvecs: Lanczos budget per evaluation (default: eigsh's).
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        *,
+        k: int = 1,
+        every: int = 1,
+        tol: float = 1e-3,
+        which: str = "largest",
+        warm_start: bool = True,
+        warm_noise: float = 1e-2,
+        preconditioned: bool = False,
+        prefix: str | None = None,
+        seed: int = 0,
+        max_matvecs: int | None = None,
+    ) -> None:
+        if not isinstance(objective, Objective):
+            raise TypeError(f"SharpnessTracker needs a valleys.Objective, got {type(objective)}")
+        for name, value in (("k", k), ("every", every)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if k >= objective.dim:
+            raise ValueError(f"k must be smaller than the number of parameters {objective.dim}")
+        if which not in ("largest", "magnitude"):
+            raise ValueError(f"which must be 'largest' or 'magnitude', got {which!r}")
+        if not (isinstance(warm_noise, numbers.Real) and 0 <= warm_noise < 1):
+            raise ValueError(f"warm_noise must lie in [0, 1), got {warm_noise!r}")
+        self.objective = objective
+        self.k, self.every, self.tol, self.which = int(k), int(every), float(tol), which
+        self.warm_start, self.warm_noise = bool(warm_start), float(warm_noise)
+        self.preconditioned = bool(preconditioned)
+        self.prefix = ("precond_" if preconditioned else "") if prefix is None else prefix
+        self.seed = int(seed)
+        self.max_matvecs = max_matvecs
+        self.history: list[dict[str, Any]] = []
+        self._vectors: torch.Tensor | None = None
+        self._generator = torch.Generator(device=objective.device).manual_seed(self.seed)
+        self._context = None
+
+    def setup(self, context) -> None:
+        """Receive the optimizer (called by :func:`~valleys.train.train` before step 0)."""
+        self._context = context
+        if self.preconditioned:
+            optimizer_preconditioner(context.optimizer, context.param)  # TypeError early
+
+    @property
+    def total_matvecs(self) -> int:
+        """Hessian-vector products used by all evaluations so far."""
+        return sum(h["matvecs"] for h in self.history)
+
+    def operator(self, theta: torch.Tensor) -> LinearOperator | None:
+        """The operator whose top eigenvalues are tracked at ``θ`` (``None``: no state yet)."""
+        H = hessian(self.objective, theta)
+        if not self.preconditioned:
+            return H
+        if self._context is None:
+            raise RuntimeError(
+                "a preconditioned SharpnessTracker needs the optimizer: pass it to "
+                "valleys.train.train(callbacks=[...]), or call setup(context) yourself"
+            )
+        P = optimizer_preconditioner(self._context.optimizer, self._context.param)
+        return None if P is None else PreconditionedOperator(H, P.detach())
+
+    def _start(self) -> torch.Tensor | None:
+        if not self.warm_start or self._vectors is None:
+            return None
+        v0 = self._vectors.sum(dim=1)
+        v0 = v0 / torch.linalg.vector_norm(v0)
+        if self.warm_noise > 0:
+            noise = torch.randn(v0.shape, generator=self._generator, dtype=v0.dtype,
+                                device=v0.device)
+            v0 = v0 + self.warm_noise * noise / torch.linalg.vector_norm(noise)
+        return v0
+
+    def __call__(self, step: int, theta: torch.Tensor) -> dict[str, Any] | None:
+        if step % self.every:
+            return None
+        p = self.prefix
+        op = self.operator(theta)
+        if op is None:
+            out: dict[str, Any] = {f"{p}sharpness": math.nan, f"{p}matvecs": 0}
+            out.update({f"{p}eig_{i + 1}": math.nan for i in range(self.k)})
+            return out
+        v0 = self._start()
+        with warnings.catch_warnings():
+            # Non-convergence is recorded in the row ({prefix}converged), not shouted per step.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = eigsh(op, k=self.k, which=self.which, tol=self.tol, v0=v0,
+                           seed=self.seed + len(self.history), max_matvecs=self.max_matvecs)
+        vectors = result.vectors
+        if self._vectors is not None:
+            # Keep signs continuous with the previous evaluation (eigenvectors are ± defined).
+            signs = torch.sign((vectors * self._vectors).sum(dim=0))
+            vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+        self._vectors = vectors
+        values = result.values.tolist()
+        self.history.append({"step": step, "matvecs": result.matvecs, "value": values[0],
+                             "warm": v0 is not None, "converged": result.converged})
+        out = {f"{p}sharpness": values[0], f"{p}matvecs": result.matvecs,
+               f"{p}converged": result.converged}
+        out.update({f"{p}eig_{i + 1}": v for i, v in enumerate(values)})
+        directions = vectors
+        if self.preconditioned:
+            directions = op.scale[:, None] * vectors  # eigenvectors of P⁻¹H
+            directions = directions / torch.linalg.vector_norm(directions, dim=0)
+        projections = (directions * theta[:, None]).sum(dim=0).tolist()
+        out.update({f"{p}proj_{i + 1}": v for i, v in enumerate(projections)})
+        return out
