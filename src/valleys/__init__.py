@@ -7,6 +7,7 @@ spectra off them.
 
 from valleys import data as data
 from valleys import landscape as landscape
+from valleys import meanfield as meanfield
 from valleys import models as models
 from valleys import smoothness as smoothness
 from valleys import stability as stability

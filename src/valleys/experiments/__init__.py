@@ -18,6 +18,9 @@ EXPERIMENTS: dict[str, str] = {
     "input-smoothness": "valleys.experiments.input_smoothness",
     "multiscale": "valleys.experiments.multiscale",
     "edge-of-stability": "valleys.experiments.edge_of_stability",
+    "meanfield-two-layer": "valleys.experiments.meanfield_two_layer",
+    "meanfield-batchnorm": "valleys.experiments.meanfield_batchnorm",
+    "meanfield-resnet": "valleys.experiments.meanfield_resnet",
 }
 
 
