@@ -27,7 +27,10 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 # Cheapest first, so a broken setup shows up early.
-BENCHMARKS = ("hvp_cost", "eigenvalues", "nonuniformity", "memory", "sharpness_tracking")
+BENCHMARKS = (
+    "hvp_cost", "eigenvalues", "nonuniformity", "memory", "sharpness_tracking", "meanfield",
+    "distributed",
+)
 
 
 def run_one(name: str, quick: bool, out: Path) -> dict:

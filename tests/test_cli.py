@@ -67,3 +67,9 @@ def test_unknown_option_is_a_usage_error():
     done = run_cli("curvature", "--bogus")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
+
+
+def test_reproduce_refuses_torchrun():
+    result = run_cli("reproduce", "linear-stability", "--quick", env_extra={"WORLD_SIZE": "2"})
+    assert result.returncode == 2
+    assert "runs on one process" in result.stderr

@@ -7,6 +7,7 @@ command prints (and, with ``--json``, to stdout as JSON).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,14 +82,25 @@ def curvature(
         int | None, typer.Option(help="Samples per chunk (bounds memory).")
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = "cpu",
+    device: Annotated[
+        str | None, typer.Option(help="torch device, e.g. cpu or cuda:0 (default cpu).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/curvature"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Shard the samples over the processes started by torchrun (gloo on CPU, NCCL "
+            "on GPU with cuda:LOCAL_RANK per rank); rank 0 writes the results.",
+        ),
+    ] = False,
 ) -> None:
     """Sharpness, top-k Hessian eigenvalues, trace and spectral density of a built-in problem."""
     import torch
 
     import valleys
+    from valleys import distributed as vdist
     from valleys.problems import load_problem
 
     if dtype not in DTYPES:
@@ -98,6 +110,10 @@ def curvature(
     for name, value in (("--k", k), ("--probes", probes), ("--lanczos-steps", lanczos_steps)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    if distributed:
+        device = device or str(vdist.init())
+    device = device or "cpu"
+    main_rank = vdist.is_main_process()
     started = time.perf_counter()
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -106,8 +122,11 @@ def curvature(
         TimeElapsedColumn(),
         console=err,
         transient=as_json,
+        disable=not main_rank,
     ) as progress:
         task = progress.add_task("loading problem", total=4)
+        if distributed and not main_rank:
+            torch.distributed.barrier()  # rank 0 trains or loads the checkpoint first
         prob = load_problem(
             problem,
             trained=not untrained,
@@ -116,7 +135,9 @@ def curvature(
             dtype=getattr(torch, dtype),
             device=device,
         )
-        obj = prob.objective(chunk_size=chunk_size)
+        if distributed and main_rank:
+            torch.distributed.barrier()
+        obj = prob.objective(chunk_size=chunk_size, distributed=distributed)
         H = valleys.hessian(obj)
         progress.update(task, advance=1, description=f"top-{k} eigenvalues")
         eig = valleys.eigsh(H, k=k, which="largest", tol=tol, seed=seed)
@@ -128,6 +149,12 @@ def curvature(
         )
         progress.update(task, advance=1, description="done")
 
+    loss = float(obj.loss())  # every rank takes part in the sum
+    processes = vdist.world_size()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    if not main_rank:
+        return
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "problem": problem,
@@ -136,10 +163,11 @@ def curvature(
         "n": obj.n,
         "num_parameters": obj.dim,
         "loss_convention": obj.loss_name,
-        "loss": float(obj.loss()),
+        "loss": loss,
         "dtype": dtype,
         "device": device,
         "seed": seed,
+        "processes": processes,
         "sharpness": float(eig.values[0]),
         "eigenvalues": eig.to_dict(),
         "trace": tr.to_dict(),
@@ -200,6 +228,11 @@ def reproduce(
             typer.echo(known)
         return
     experiment = get_experiment(name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "valleys reproduce runs on one process (its experiments build their own objectives, "
+            "so every rank would repeat the whole run); launch it without torchrun"
+        )
     preset = "quick" if quick else "full"
     folder = out or Path("results") / name
     experiment.run(folder, preset=preset, seed=seed, progress=True)

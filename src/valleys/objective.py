@@ -15,6 +15,7 @@ large ``n`` is. Nothing here changes the model: it is evaluated functionally
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -55,10 +56,27 @@ class Objective:
             form ``θ``; the others stay fixed at their current values. Default: every parameter
             with ``requires_grad``.
         allow_train_mode: accept stochastic modules in train mode (results then vary per call).
+        distributed: shard the samples over the processes of the default
+            :mod:`torch.distributed` group (see :mod:`valleys.distributed`). ``data`` is then
+            this rank's shard; the global data set is the shards concatenated in rank order,
+            shards may differ in size, and each sample still gets weight ``1/n`` with ``n`` the
+            global count. The loss, the gradient and every operator's product sum their partial
+            results over ranks (one all-reduce each), so all ranks see full-data quantities;
+            every rank must make the same calls with the same ``θ`` and vectors (same seeds).
+            Per-sample quantities (:meth:`per_sample_losses`, per-sample gradients) stay local
+            to the shard: no per-sample data crosses the network. Construction checks, with one
+            all-gather, that every shard is non-empty and that all ranks hold the same ``θ``
+            layout and values, raising the same error on every rank otherwise.
+
+    A ``torch.nn.parallel.DistributedDataParallel`` (or ``DataParallel``) wrapper is unwrapped:
+    its ``.module`` is the model (parameter names without the ``module.`` prefix).
 
     Attributes:
-        n: number of samples. ``dim``: number of parameters in ``θ``. ``dtype``, ``device``:
-        those of the parameters. ``names``, ``shapes``: layout of the flat vector.
+        n: number of samples (global when distributed). ``dim``: number of parameters in ``θ``.
+        ``dtype``, ``device``: those of the parameters. ``names``, ``shapes``: layout of the
+        flat vector. ``distributed``, ``rank``, ``world_size``; ``shard_sizes`` and
+        ``shard_chunks``: samples and chunks of every rank's shard (one entry on one process);
+        ``shard_start``: global index of this shard's first sample.
     """
 
     def __init__(
@@ -70,7 +88,33 @@ class Objective:
         chunk_size: int | None = None,
         params: Sequence[str] | None = None,
         allow_train_mode: bool = False,
+        distributed: bool = False,
     ) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        self.distributed = bool(distributed)
+        self.rank, self.world_size = 0, 1
+        if not self.distributed:
+            self._build(model, loss, data, chunk_size, params, allow_train_mode)
+            self.shard_sizes, self.shard_chunks, self.shard_start = (self.n,), (self.num_chunks,), 0
+            return
+        from valleys import distributed as vdist
+
+        if not vdist.is_initialized():
+            raise ValueError(
+                "distributed=True needs an initialized torch.distributed process group: launch "
+                "with torchrun and call valleys.distributed.init() (or "
+                "torch.distributed.init_process_group) before building the Objective"
+            )
+        self.rank, self.world_size = vdist.rank(), vdist.world_size()
+        try:
+            self._build(model, loss, data, chunk_size, params, allow_train_mode)
+            failure = None
+        except Exception as error:  # re-raised below, after telling the other ranks
+            failure = error
+        self._handshake(failure)
+
+    def _build(self, model, loss, data, chunk_size, params, allow_train_mode) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -105,6 +149,100 @@ class Objective:
 
         self._tensors, self._batches = _normalize_data(data)
         self.n = self._count_and_check()
+
+    def _handshake(self, failure: Exception | None) -> None:
+        """All-gather (status, shard size, chunks, layout, θ fingerprint) and check them.
+
+        Every rank reaches this collective even when its own construction failed, so a bad
+        shard raises on all ranks instead of leaving the others blocked in their first sum.
+        """
+        from valleys import distributed as vdist
+
+        info = torch.full((6,), math.nan, dtype=torch.float64)
+        info[0] = 0.0 if failure is None else 1.0
+        if failure is None:
+            probe = _probe(self.dim, torch.float64, torch.device("cpu"))
+            theta = self.parameters_vector().detach().to("cpu", torch.float64)
+            info[1:] = torch.tensor(
+                [self.n, self.num_chunks, self.dim, _DTYPE_CODES.get(self.dtype, -1),
+                 float(theta @ probe)], dtype=torch.float64,
+            )
+        gathered = vdist.all_gather_rows(info)
+        failed = [r for r in range(self.world_size) if gathered[r, 0] != 0]
+        if failure is not None:
+            raise failure
+        if failed:
+            raise RuntimeError(
+                f"building the distributed Objective failed on rank(s) {failed} (their own "
+                "errors say why); this rank stops too"
+            )
+        sizes = [int(v) for v in gathered[:, 1]]
+        empty = [r for r, size in enumerate(sizes) if size == 0]
+        if empty:
+            raise ValueError(
+                f"the data shard of rank(s) {empty} is empty (shard sizes {sizes}); give every "
+                "rank at least one sample, e.g. with valleys.distributed.shard(X, Y)"
+            )
+        layouts = {tuple(row.tolist()) for row in gathered[:, 3:5]}
+        if len(layouts) > 1:
+            raise ValueError(
+                "the ranks' models differ in parameter count or dtype (dim, dtype code per rank: "
+                f"{gathered[:, 3:5].tolist()}); build the same model on every rank"
+            )
+        fingerprints = gathered[:, 5]
+        spread = float((fingerprints - fingerprints[0]).abs().max())
+        if spread > 1e-6 * (float(fingerprints.abs().max()) + 1e-12):
+            raise ValueError(
+                "the model's parameters differ across ranks; copy rank 0's with "
+                "valleys.distributed.broadcast_parameters(model) (DistributedDataParallel does "
+                "this when it wraps the model) or seed the model's construction identically"
+            )
+        self.shard_sizes = tuple(sizes)
+        self.shard_chunks = tuple(int(v) for v in gathered[:, 2])
+        self.shard_start = sum(sizes[: self.rank])
+        self._local_n = self.n
+        self.n = sum(sizes)
+        self._probe_vector = _probe(self.dim, self.dtype, self.device)
+
+    # -- reductions over ranks --------------------------------------------------------------
+    def reduce(
+        self, partial: torch.Tensor, *, inputs: Sequence[torch.Tensor] = ()
+    ) -> torch.Tensor:
+        """Sum a partial result over the ranks (returned as is on a single process).
+
+        ``inputs`` are the flat vectors (or ``(k, dim)`` blocks) the partial result was
+        computed from; a fingerprint of each rides along in the same all-reduce, and every rank
+        raises if they differ between ranks (different seeds or θ would otherwise mix silently).
+        """
+        if not self.distributed:
+            return partial
+        from valleys import distributed as vdist
+
+        probes = tuple(
+            t.detach().reshape(-1, self.dim).to(self._probe_vector.dtype) @ self._probe_vector
+            for t in inputs
+        )
+        return vdist.all_reduce_sum(
+            partial, probes=probes, what=f"a sum over the {self.world_size} ranks' shards"
+        )
+
+    def require_single_process(self, caller: str) -> None:
+        """Refuse a sharded objective in ``caller``, which needs all per-sample data at once."""
+        if self.distributed:
+            raise ValueError(
+                f"{caller} needs every sample's data in one process (per-sample Jacobians, "
+                "Hessians or Gram matrices), so it does not accept a distributed Objective; use "
+                "the operator path (valleys.stability.stability_analysis, valleys.nonuniformity), "
+                "which sums over ranks, or build a single-process Objective"
+            )
+
+    def all_ranks(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (one small all-reduce when distributed)."""
+        if not self.distributed:
+            return bool(flag)
+        count = self.reduce(torch.tensor([float(bool(flag))], dtype=torch.float64,
+                                         device=self.device))
+        return int(count.item()) == self.world_size
 
     # -- parameters <-> flat vectors --------------------------------------------------------
     def parameters_vector(self) -> torch.Tensor:
@@ -165,6 +303,12 @@ class Objective:
 
     def batch(self, indices: torch.Tensor) -> Batch:
         """The samples ``indices`` as ``(X, Y)`` on the parameters' device (tensor data only)."""
+        if self.distributed:
+            raise ValueError(
+                "a sharded objective holds only this rank's samples, so it cannot return a "
+                "mini-batch by global index; use batch_loss_and_gradient(theta, indices), which "
+                "sums each rank's part of the batch over ranks"
+            )
         if self._tensors is None:
             raise ValueError(
                 "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
@@ -173,6 +317,42 @@ class Objective:
         X, Y = self._tensors
         indices = indices.to(X.device)
         return X[indices].to(self.device), Y[indices].to(self.device)
+
+    def batch_loss_and_gradient(
+        self, theta: torch.Tensor | None, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss ``(1/B) Σ_{i∈batch} ℓ_i(θ)`` and its gradient for a mini-batch of indices.
+
+        ``indices`` (length ``B``, repeats allowed) index the global data set ``0..n−1``. When
+        distributed, every rank must pass the same indices (draw them from the same seeded
+        generator); each evaluates the ones in its shard and the sums are all-reduced, so the
+        step equals the single-process one.
+        """
+        leaf = self.resolve_theta(theta).detach().requires_grad_(True)
+        if self._tensors is None:
+            raise ValueError(
+                "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
+                "was built from an iterable of batches"
+            )
+        indices = torch.as_tensor(indices)
+        count = indices.numel()
+        if count == 0:
+            raise ValueError("a mini-batch needs at least one index")
+        X, Y = self._tensors
+        if self.distributed:
+            local = indices - self.shard_start
+            local = local[(local >= 0) & (local < self._local_n)]
+        else:
+            local = indices
+        local = local.to(X.device)
+        with torch.enable_grad():
+            total = self.chunk_losses(leaf, X[local].to(self.device), Y[local].to(self.device))
+            total = total.sum()
+            gradient = torch.autograd.grad(total, leaf, allow_unused=True)[0]
+        if gradient is None:  # an empty local part of the batch
+            gradient = torch.zeros_like(leaf)
+        both = self.reduce(torch.cat([total.detach().reshape(1), gradient]), inputs=(leaf,))
+        return both[0] / count, both[1:] / count
 
     @property
     def num_chunks(self) -> int:
@@ -201,7 +381,7 @@ class Objective:
                         )
                 first = False
             n += X.shape[0]
-        if n == 0:
+        if n == 0 and not self.distributed:  # a sharded objective checks all shards at once
             raise ValueError("the data set is empty; an objective needs at least one sample")
         return n
 
@@ -223,19 +403,28 @@ class Objective:
         """This chunk's share of ``L``: ``(1/n) Σ_{i in chunk} ℓ_i``; shares sum to ``L(θ)``."""
         return self.chunk_losses(theta, X, Y).sum() / self.n
 
-    def accumulate(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Sum ``fn(X, Y)`` over all chunks (the one reduction every full-data quantity uses)."""
+    def accumulate(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        inputs: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """Sum ``fn(X, Y)`` over all chunks (the one reduction every full-data quantity uses).
+
+        When distributed, the shard's sum is then summed over ranks (:meth:`reduce`, with the
+        vectors ``inputs`` checked to agree across ranks).
+        """
         total = None
         for X, Y in self.chunks():
             part = fn(X, Y)
             total = part if total is None else total.add_(part)
-        return total
+        return self.reduce(total, inputs=inputs)
 
     def loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """``L(θ)`` as a 0-d tensor (at the model's current parameters by default)."""
         theta = self.resolve_theta(theta)
         with torch.no_grad():
-            return self.accumulate(lambda X, Y: self.chunk_risk(theta, X, Y))
+            return self.accumulate(lambda X, Y: self.chunk_risk(theta, X, Y), inputs=(theta,))
 
     def gradient(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """``∇L(θ)`` as a flat vector."""
@@ -250,6 +439,9 @@ class Objective:
             part = self.chunk_risk(leaf, X, Y)
             gradient += torch.autograd.grad(part, leaf)[0]
             value += part.detach()
+        if self.distributed:
+            both = self.reduce(torch.cat([value.reshape(1), gradient]), inputs=(leaf,))
+            value, gradient = both[0], both[1:]
         return value, gradient
 
     def accuracy(self, theta: torch.Tensor | None = None) -> float:
@@ -264,10 +456,10 @@ class Objective:
             return (out.argmax(dim=1) == labels).sum()
 
         with torch.no_grad():
-            return float(self.accumulate(correct)) / self.n
+            return float(self.accumulate(correct, inputs=(theta,))) / self.n
 
     def per_sample_losses(self, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``n`` per-sample losses ``ℓ_i(θ)``."""
+        """The ``n`` per-sample losses ``ℓ_i(θ)`` (when distributed: this shard's only)."""
         theta = self.resolve_theta(theta)
         with torch.no_grad():
             return torch.cat([self.chunk_losses(theta, X, Y) for X, Y in self.chunks()])
@@ -277,7 +469,8 @@ class Objective:
     ) -> Iterator[torch.Tensor]:
         """Yield per-sample gradients ``∇ℓ_i(θ)`` chunk by chunk, each of shape ``(chunk, dim)``.
 
-        Computed with ``vmap(grad(ℓ))`` over the samples of a chunk.
+        Computed with ``vmap(grad(ℓ))`` over the samples of a chunk (when distributed: the
+        chunks of this shard only; they never leave the process).
         """
         theta = self.resolve_theta(theta).detach()
         per_sample = vmap(grad(self.sample_loss), in_dims=(None, 0, 0))
@@ -292,7 +485,9 @@ class Objective:
         return (
             f"Objective(model={type(self.model).__name__}, loss={self.loss_name!r}, n={self.n}, "
             f"dim={self.dim}, dtype={self.dtype}, device={self.device}, "
-            f"chunk_size={self.chunk_size})"
+            f"chunk_size={self.chunk_size}"
+            + (f", rank={self.rank}/{self.world_size}" if self.distributed else "")
+            + ")"
         )
 
 
@@ -331,6 +526,15 @@ def _select_parameters(named: dict[str, nn.Parameter], patterns: Sequence[str] |
     return [k for k in named if k in names]  # keep the model's order
 
 
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+
+
+def _probe(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A fixed random vector (same on every rank) whose products fingerprint flat vectors."""
+    gen = torch.Generator().manual_seed(20181203)
+    return torch.randn(dim, generator=gen, dtype=torch.float64).to(device, dtype)
+
+
 def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
     if isinstance(data, tuple | list) and len(data) == 2 and all(
         isinstance(t, torch.Tensor) for t in data
@@ -356,6 +560,15 @@ def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
         )
     if getattr(data, "drop_last", False):
         raise ValueError("the DataLoader has drop_last=True, which silently drops samples")
+    if isinstance(sampler, torch.utils.data.DistributedSampler) and (
+        sampler.drop_last or sampler.total_size != len(sampler.dataset)
+    ):
+        raise ValueError(
+            "the DataLoader's DistributedSampler pads or drops samples to give every rank the same "
+            f"number ({len(sampler.dataset)} samples, {sampler.total_size} after padding), "
+            "which would count some twice; give each rank a contiguous shard instead "
+            "(valleys.distributed.shard(X, Y) or a torch.utils.data.Subset)"
+        )
     return None, _BatchIterable(data)
 
 

@@ -110,11 +110,24 @@ class Problem:
     checkpoint: Path | None = None
     history: dict = field(default_factory=dict)
 
-    def objective(self, split: str = "train", *, chunk_size: int | None = None) -> Objective:
-        """The empirical risk of the model on the train (default) or test split."""
+    def objective(
+        self, split: str = "train", *, chunk_size: int | None = None, distributed: bool = False
+    ) -> Objective:
+        """The empirical risk of the model on the train (default) or test split.
+
+        ``distributed=True``: this rank's contiguous shard of the split, summed over the ranks
+        of the initialized process group (see :mod:`valleys.distributed`).
+        """
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        return Objective(self.model, self.loss, getattr(self.data, split), chunk_size=chunk_size)
+        data = getattr(self.data, split)
+        if distributed:
+            from valleys.distributed import shard
+
+            data = shard(*data)
+        return Objective(
+            self.model, self.loss, data, chunk_size=chunk_size, distributed=distributed
+        )
 
 
 def load_problem(

@@ -267,6 +267,7 @@ class _Source:
     ) -> None:
         if isinstance(source, Objective):
             obj = source
+            obj.require_single_process("valleys.smoothness")
             self.objective = obj
             self.model = obj.model
             self.names, self.shapes, self.numels = list(obj.names), obj.shapes, obj.numels

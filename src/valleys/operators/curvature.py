@@ -78,7 +78,8 @@ class CurvatureOperator(LinearOperator):
                 self._apply(state, V)
             )
             total = part if total is None else total.add_(part)
-        return total
+        # A sharded objective sums the shards' partial products over ranks (one all-reduce).
+        return self.objective.reduce(total, inputs=(V, self.theta))
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._rows(V.T.contiguous()).T

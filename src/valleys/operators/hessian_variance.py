@@ -125,6 +125,9 @@ class HessianVarianceOperator(LinearOperator):
         if method != "vmap":
             layers = _LinearLayers.build(objective)
             reason = layers if isinstance(layers, str) else layers.probe(objective, self.theta)
+            if objective.distributed and not objective.all_ranks(reason is None):
+                # Every rank must take the same path: their collectives differ.
+                reason = reason or "the structure check failed on another rank"
             if reason is None:
                 self._layers = layers
                 self.method = "linear-layers"
@@ -184,6 +187,9 @@ class HessianVarianceOperator(LinearOperator):
             hv += U.sum(0)
             second_moment += self._sum_of_products(self.theta, X, Y, U)
         n = self.objective.n
+        second_moment, hv = self.objective.reduce(
+            torch.stack([second_moment, hv]), inputs=(v, self.theta)
+        )
         return second_moment / n - self.hessian.matvec(hv / n)
 
     def _blocks(self):
@@ -195,7 +201,7 @@ class HessianVarianceOperator(LinearOperator):
     def _linear_layers_product(self, V: torch.Tensor) -> torch.Tensor:
         """``Σ`` on the rows of ``V`` from the layers' map ``F(θ) = (a(θ), δ(θ))``."""
         layers, n = self._layers, self.objective.n
-        if self.objective.num_chunks == 1:
+        if max(self.objective.shard_chunks) == 1:  # on every rank, so all take this path
             # One chunk: keep the graphs, and fold H(Hv) = (1/n) J_Fᵀ c_{Hv} into the reverse
             # pass that gives Σ_i H_i u_i.
             if self._cache is None:
@@ -207,9 +213,11 @@ class HessianVarianceOperator(LinearOperator):
             graph = self._cache[0]
             dacts, ddeltas = graph.tangents(V)
             hv = layers.sum_over_samples(graph.acts, graph.deltas, dacts, ddeltas, V.shape[0])
+            if self.objective.distributed:
+                hv = _reduce_pieces(self.objective, hv, inputs=(V, self.theta))
             w = [tuple(t / n for t in pieces) for pieces in hv]
             cotangents = layers.cotangents(graph.acts, graph.deltas, dacts, ddeltas, w)
-            return graph.reverse(cotangents, V, retain_graph=True) / n
+            return self.objective.reduce(graph.reverse(cotangents, V, retain_graph=True)) / n
         second_moment = torch.zeros_like(V)
         hv = torch.zeros_like(V)
         for X, Y in self.objective.chunks():
@@ -221,7 +229,19 @@ class HessianVarianceOperator(LinearOperator):
             cotangents = layers.cotangents(graph.acts, graph.deltas, dacts, ddeltas)
             second_moment += graph.reverse(cotangents, V, retain_graph=False)
             del graph
+        second_moment, hv = self.objective.reduce(
+            torch.cat([second_moment, hv]), inputs=(V, self.theta)
+        ).split(V.shape[0])
         return second_moment / n - self.hessian.matmat((hv / n).T.contiguous()).T
+
+
+def _reduce_pieces(objective: Objective, per_layer: list[tuple], inputs) -> list[tuple]:
+    """Sum per-layer blocks (each with a leading ``k``) over ranks in one all-reduce."""
+    tensors = [t for pieces in per_layer for t in pieces]
+    k = tensors[0].shape[0]
+    flat = objective.reduce(torch.cat([t.reshape(k, -1) for t in tensors], 1), inputs=inputs)
+    parts = iter(flat.split([t[0].numel() for t in tensors], 1))
+    return [tuple(next(parts).reshape(t.shape) for t in pieces) for pieces in per_layer]
 
 
 class _Unsupported(Exception):

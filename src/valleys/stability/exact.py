@@ -84,6 +84,7 @@ def per_sample_hessians(
     """
     if not isinstance(obj, Objective):
         raise TypeError(f"per_sample_hessians needs a valleys.Objective, got {type(obj).__name__}")
+    obj.require_single_process("per_sample_hessians")
     _check_dim(obj.dim, max_dim)
     theta = obj.resolve_theta(theta).detach()
     per_sample = vmap(dense_hessian(obj.sample_loss), in_dims=(None, 0, 0))

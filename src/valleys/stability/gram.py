@@ -246,6 +246,7 @@ def _gram_jacobian(obj, theta, dtype):
 def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
     """``(gram, residuals, method, form)`` with ``gram`` a ``_DenseGram`` or ``_FactoredGram``."""
     obj = check_objective(obj, "the Gram path")
+    obj.require_single_process("the Gram path")
     if obj.loss_name != "mse":
         raise ValueError(
             f"the Gram path needs the square loss ('mse'), whose per-sample Hessians at "

@@ -227,7 +227,8 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
                 f"batch_size must be an integer in [1, n={objective.n}] or None (full batch), "
                 f"got {config.batch_size!r}"
             )
-        objective.batch(torch.zeros(1, dtype=torch.long))  # clear error for iterable data
+        if not objective.distributed:
+            objective.batch(torch.zeros(1, dtype=torch.long))  # clear error for iterable data
     if not 0 <= config.momentum < 1:
         raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
     if config.accuracy_goal is not None and not 0 < config.accuracy_goal <= 1:
@@ -272,10 +273,8 @@ def _set_gradient(objective: Objective, param: torch.nn.Parameter, sampler) -> f
     if indices is None:
         loss, gradient = objective.loss_and_gradient(param.detach())
     else:
-        X, Y = objective.batch(indices)
-        batch_loss = objective.chunk_losses(param, X, Y).mean()
-        gradient = torch.autograd.grad(batch_loss, param)[0]
-        loss = batch_loss.detach()
+        # by global index: on a sharded objective each rank evaluates its part and sums
+        loss, gradient = objective.batch_loss_and_gradient(param.detach(), indices)
     param.grad = gradient
     return float(loss)
 
