@@ -7,6 +7,7 @@ spectra off them.
 
 from valleys import data as data
 from valleys import distributed as distributed
+from valleys import games as games
 from valleys import landscape as landscape
 from valleys import meanfield as meanfield
 from valleys import models as models

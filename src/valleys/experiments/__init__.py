@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "meanfield-two-layer": "valleys.experiments.meanfield_two_layer",
     "meanfield-batchnorm": "valleys.experiments.meanfield_batchnorm",
     "meanfield-resnet": "valleys.experiments.meanfield_resnet",
+    "quasistatic-games": "valleys.experiments.quasistatic_games",
 }
 
 
