@@ -11,6 +11,8 @@ from valleys import games as games
 from valleys import landscape as landscape
 from valleys import meanfield as meanfield
 from valleys import models as models
+from valleys import noise as noise
+from valleys import sde as sde
 from valleys import smoothness as smoothness
 from valleys import stability as stability
 from valleys import sweeps as sweeps

@@ -22,6 +22,7 @@ EXPERIMENTS: dict[str, str] = {
     "meanfield-batchnorm": "valleys.experiments.meanfield_batchnorm",
     "meanfield-resnet": "valleys.experiments.meanfield_resnet",
     "quasistatic-games": "valleys.experiments.quasistatic_games",
+    "sgd-vs-adam": "valleys.experiments.sgd_vs_adam",
 }
 
 

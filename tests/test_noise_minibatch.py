@@ -1,0 +1,158 @@
+"""Mini-batch gradient noise against dense float64 oracles and exact enumeration of batches."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import DenseOracle, make_data, make_model
+
+from valleys import Objective
+from valleys.noise import (
+    batch_indices,
+    hessian_alignment,
+    minibatch_gradients,
+    minibatch_gradients_loop,
+    minibatch_noise,
+    noise_covariance,
+    noise_factor,
+    noise_statistics,
+    subspace_overlap,
+)
+
+
+def _problem(loss="ce", n=6, kind="mlp-tanh", chunk_size=None):
+    X, Y = make_data(loss, n=n)
+    model = make_model(kind)
+    return Objective(model, loss, (X, Y), chunk_size=chunk_size), X, Y
+
+
+def _dense_C(obj, X, Y):
+    G = DenseOracle(obj, X, Y).sample_gradients()
+    D = G - G.mean(0)
+    return D.T @ D / G.shape[0], G
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_vectorized_batches_match_the_loop(loss, chunk_size):
+    obj, _, _ = _problem(loss, n=13, chunk_size=chunk_size)
+    idx = batch_indices(obj.n, 4, 9, seed=1)
+    idx_rep = batch_indices(obj.n, 5, 7, replacement=True, seed=2)
+    for indices in (idx, idx_rep):
+        torch.testing.assert_close(minibatch_gradients(obj, indices),
+                                   minibatch_gradients_loop(obj, indices), rtol=1e-10, atol=1e-12)
+    _, g = minibatch_gradients(obj, idx, return_mean=True)
+    torch.testing.assert_close(g, obj.gradient(), rtol=1e-10, atol=1e-12)
+
+
+def test_batch_indices_are_distinct_and_seeded():
+    idx = batch_indices(10, 4, 500, seed=0)
+    assert idx.shape == (500, 4)
+    assert all(len(set(row.tolist())) == 4 for row in idx)
+    assert torch.equal(idx, batch_indices(10, 4, 500, seed=0))
+    # Uniform: every sample appears in about 4/10 of the batches.
+    counts = torch.bincount(idx.flatten(), minlength=10).double() / 500
+    assert torch.allclose(counts, torch.full((10,), 0.4, dtype=torch.float64), atol=0.07)
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 6])
+def test_noise_covariance_without_replacement_is_exact(B):
+    # Enumerate every B-subset of n = 6 samples: Cov(g_b) = (n−B)/(B(n−1)) · C exactly.
+    obj, X, Y = _problem("ce", n=6)
+    C, _ = _dense_C(obj, X, Y)
+    subsets = torch.tensor(list(itertools.combinations(range(6), B)))
+    noise = minibatch_gradients(obj, subsets) - obj.gradient()
+    empirical = noise.T @ noise / subsets.shape[0]
+    factor = noise_factor(6, B)
+    torch.testing.assert_close(empirical, factor * C, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(noise_covariance(obj, batch_size=B).to_dense(), factor * C,
+                               rtol=1e-8, atol=1e-11)
+
+
+def test_noise_covariance_with_replacement_is_exact():
+    obj, X, Y = _problem("mse", n=4)
+    C, _ = _dense_C(obj, X, Y)
+    tuples = torch.tensor(list(itertools.product(range(4), repeat=2)))
+    noise = minibatch_gradients(obj, tuples) - obj.gradient()
+    torch.testing.assert_close(noise.T @ noise / tuples.shape[0], C / 2, rtol=1e-9, atol=1e-12)
+    assert noise_factor(4, 2, replacement=True) == 0.5
+    assert noise_factor(4, 8, replacement=True) == 1 / 8
+
+
+def test_monte_carlo_noise_samples():
+    obj, X, Y = _problem("ce", n=13)
+    C, _ = _dense_C(obj, X, Y)
+    xi = minibatch_noise(obj, batch_size=3, num_batches=20_000, seed=0)
+    assert float(xi.mean(0).norm()) < 0.05 * float(xi.norm(dim=1).mean())
+    emp = xi.T @ xi / xi.shape[0]
+    target = noise_factor(13, 3) * C
+    assert float((emp - target).norm() / target.norm()) < 0.05
+
+
+def test_noise_statistics_against_dense():
+    obj, X, Y = _problem("ce", n=13)
+    C, _ = _dense_C(obj, X, Y)
+    B = 4
+    Sigma = noise_factor(13, B) * C
+    H = DenseOracle(obj, X, Y).hessian()
+    stats = noise_statistics(obj, batch_size=B, k=3, hessian=True)
+    evals, evecs = torch.linalg.eigh(Sigma)
+    torch.testing.assert_close(stats.top_eigenvalues, evals.flip(0)[:3], rtol=1e-8, atol=1e-12)
+    assert stats.trace == pytest.approx(float(torch.trace(Sigma)), rel=1e-10)
+    assert stats.frobenius == pytest.approx(float(torch.linalg.matrix_norm(Sigma)), rel=1e-10)
+    assert stats.effective_rank == pytest.approx(float(torch.trace(Sigma) / evals[-1]), rel=1e-8)
+    assert stats.alignment == pytest.approx(hessian_alignment(Sigma, H), rel=1e-8)
+    h_evals, h_vecs = torch.linalg.eigh(H)
+    torch.testing.assert_close(stats.hessian_top, h_evals.flip(0)[:3], rtol=1e-8, atol=1e-10)
+    assert stats.overlap == pytest.approx(
+        subspace_overlap(evecs.flip(1)[:, :3], h_vecs.flip(1)[:, :3]), abs=1e-8)
+    assert 0.0 <= stats.overlap <= 1.0 and -1.0 <= stats.alignment <= 1.0
+    assert stats.to_dict()["batch_size"] == B
+
+
+def test_alignment_and_overlap_closed_forms():
+    A = torch.diag(torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64))
+    assert hessian_alignment(A, 2 * A) == pytest.approx(1.0)
+    assert hessian_alignment(A, torch.diag(torch.tensor([0.0, 0.0, 1.0]).double())) == 0.0
+    e = torch.eye(3, dtype=torch.float64)
+    assert subspace_overlap(e[:, :1], e[:, :1]) == 1.0
+    assert subspace_overlap(e[:, :1], e[:, 1:2]) == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        subspace_overlap(e[:, :1], e[:, :2])
+
+
+def test_bad_input():
+    obj, _, _ = _problem("ce", n=6)
+    with pytest.raises(ValueError, match="batch_size"):
+        noise_factor(6, 7)
+    with pytest.raises(ValueError, match="n must"):
+        noise_factor(1, 1)
+    with pytest.raises(ValueError, match="lie in"):
+        minibatch_gradients(obj, torch.tensor([[0, 6]]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        minibatch_gradients(obj, torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="Objective"):
+        minibatch_gradients("model", torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_batches"):
+        batch_indices(6, 2, 0)
+
+
+def test_matrix_free_statistics_match_the_gram_path():
+    obj, _, _ = _problem("ce", n=13)
+    exact = noise_statistics(obj, batch_size=4, k=3, hessian=True)
+    # p = 57: Hutch++ with 3p products sketches the whole space, so it is exact too.
+    free = noise_statistics(obj, batch_size=4, k=3, hessian=True, method="lanczos",
+                            num_matvecs=3 * obj.dim)
+    assert free.method == "lanczos"
+    torch.testing.assert_close(free.top_eigenvalues, exact.top_eigenvalues, rtol=1e-6, atol=1e-12)
+    assert free.trace == pytest.approx(exact.trace, rel=1e-10)
+    assert free.frobenius == pytest.approx(exact.frobenius, rel=1e-6)
+    assert free.alignment == pytest.approx(exact.alignment, rel=1e-6)
+    assert free.overlap == pytest.approx(exact.overlap, abs=1e-5)
+    # A small budget is an estimate: close, not exact.
+    rough = noise_statistics(obj, batch_size=4, k=3, method="lanczos", num_matvecs=30)
+    assert rough.frobenius == pytest.approx(exact.frobenius, rel=0.2)
+    with pytest.raises(ValueError, match="method"):
+        noise_statistics(obj, batch_size=4, method="svd")
