@@ -23,18 +23,19 @@ iterates) is measured and reported.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import torch_threads
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "analyse_run", "measure_tracking_cost", "run"]
@@ -125,17 +126,6 @@ def _objective(preset: Preset, seed: int):
         raise ValueError(f"n={preset.n} exceeds the {X.shape[0]} digits training samples")
     model = MLP(preset.widths, "tanh", seed=seed).float()
     return Objective(model, "mse", (X[: preset.n].contiguous(), Y[: preset.n].contiguous()))
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _round(x: float) -> float:
@@ -323,7 +313,7 @@ def measure_tracking_cost(preset: str | Preset = "quick", seed: int = 0,
     from valleys import eigsh, hessian
 
     p = PRESETS[preset] if isinstance(preset, str) else preset
-    with _threads(p.threads):
+    with torch_threads(p.threads):
         obj = _objective(p, seed)
         a0 = float(eigsh(hessian(obj), k=1, tol=1e-6, seed=seed).values[0])
         factor = p.gd_factors[0] if factor is None else factor
@@ -386,14 +376,6 @@ def _figures(folder: OutputFolder, runs: list[dict[str, Any]]) -> None:
     folder.save_figure(fig, "flow_distance")
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, bool) or x is None:
-        return str(x)
-    if isinstance(x, float):
-        return "nan" if not math.isfinite(x) else f"{x:.4g}"
-    return str(x)
-
-
 def _report(summary: dict[str, Any]) -> str:
     p, v, perf = summary["preset_config"], summary["verdicts"], summary["performance"]
     if "matvecs_cold" in perf:
@@ -410,10 +392,10 @@ def _report(summary: dict[str, Any]) -> str:
                 f"matvecs, {perf['matvecs_per_evaluation_warm']:.1f} per evaluation (cold "
                 "starts for comparison: full preset, or benchmarks/bench_sharpness_tracking.py)")
     rows = "\n".join(
-        f"| {r['optimizer']} | {_fmt(r['lr'])} | {_fmt(r['threshold'])} | "
-        f"{_fmt(r['initial_sharpness'])} | {_fmt(r['reached'])} | {_fmt(r['reached_step'])} | "
-        f"{_fmt(r['hover_fraction'])} | {_fmt(r['late_mean_over_threshold'])} | "
-        f"{_fmt(r['final_sharpness_over_threshold'])} | {_fmt(r['non_monotone'])} | "
+        f"| {r['optimizer']} | {fmt(r['lr'])} | {fmt(r['threshold'])} | "
+        f"{fmt(r['initial_sharpness'])} | {fmt(r['reached'])} | {fmt(r['reached_step'])} | "
+        f"{fmt(r['hover_fraction'])} | {fmt(r['late_mean_over_threshold'])} | "
+        f"{fmt(r['final_sharpness_over_threshold'])} | {fmt(r['non_monotone'])} | "
         f"{r['status']} |" for r in summary["runs"])
     flow = summary["flow"]
     columns = ("optimizer", "η", "threshold", "initial sharpness", "reached", "at step",
@@ -470,9 +452,9 @@ equilibrates at (2+2β₁)/(η(1−β₁)) = 38/η for β₁ = 0.9 (Cohen et al.
 
 ![flow](flow_distance.png)
 
-First crossing of 2/η at step {_fmt(flow.get('crossing_step'))}; largest ‖θ_GD − θ_flow‖ /
-‖θ_GD − θ₀‖ before it: {_fmt(flow.get('relative_distance_before'))}; growth of the distance
-after it: {_fmt(flow.get('growth_after'))}×.
+First crossing of 2/η at step {fmt(flow.get('crossing_step'))}; largest ‖θ_GD − θ_flow‖ /
+‖θ_GD − θ₀‖ before it: {fmt(flow.get('relative_distance_before'))}; growth of the distance
+after it: {fmt(flow.get('growth_after'))}×.
 
 ## Verdicts
 
@@ -492,7 +474,7 @@ consecutive records after that yet ends lower. GD tracks the flow when the dista
 
 ## Cost of tracking
 
-GD at η = {_fmt(perf['lr'])}, {perf['steps']} steps, sharpness every {perf['sharpness_every']}
+GD at η = {fmt(perf['lr'])}, {perf['steps']} steps, sharpness every {perf['sharpness_every']}
 steps ({perf['evaluations']} evaluations, tol {perf['tol']}): untracked
 {perf['untracked_s']:.2f} s, tracked {perf['tracked_warm_s']:.2f} s {cold}. Wall times of
 the training loops, on whatever machine ran this.
@@ -528,7 +510,7 @@ def run(out: str | Path, *, preset: str = "quick", seed: int = 0,
     started = time.perf_counter()
     folder, p = OutputFolder(out), PRESETS[preset]
     runs, tables, first_gd = [], [], None
-    with _threads(p.threads):
+    with torch_threads(p.threads):
         obj = _objective(p, seed)
         a0 = float(eigsh(hessian(obj), k=1, tol=1e-6, seed=seed).values[0])
         plans = _plan(p, a0)

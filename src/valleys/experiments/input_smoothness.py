@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import markdown_table, resolve_preset
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run", "run_one", "verdict", "with_overrides"]
@@ -629,24 +631,8 @@ def _figures(out: OutputFolder, frame, preset: Preset) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float | np.floating):
-        return "–" if not math.isfinite(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _markdown_table(frame, columns: list[str]) -> str:
-    head = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |"
-            for _, row in frame.iterrows()]
-    return "\n".join([head, rule, *body])
-
-
 def _rho(entry: dict[str, float]) -> str:
-    return f"ρ = {_fmt(entry['rho'])} (p = {_fmt(entry['p'])}, {entry['n']} runs)"
+    return f"ρ = {fmt(entry['rho'])} (p = {fmt(entry['p'])}, {entry['n']} runs)"
 
 
 def _pairs(entry: dict[str, Any]) -> str:
@@ -689,9 +675,9 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
             "nonuniformity", "g_x", "g_w", "sobolev", "bound_lhs", "bound_rhs", "test_accuracy",
             *robust_cols]
     disagreements = _disagreements(a) or ["- nowhere: every slice trends as claimed"]
-    within_lr = ", ".join(f"B={k}: {_fmt(e['rho'])}"
+    within_lr = ", ".join(f"B={k}: {fmt(e['rho'])}"
                           for k, e in a["spearman_gx_lr_within_batch"].items())
-    within_b = ", ".join(f"η={k}: {_fmt(e['rho'])}"
+    within_b = ", ".join(f"η={k}: {fmt(e['rho'])}"
                          for k, e in a["spearman_gx_inv_batch_within_lr"].items())
     robust = "; ".join(f"{k}: {_rho(e)}" for k, e in a["spearman_robust_lr"].items())
     lines = [
@@ -717,7 +703,7 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
         f"{summary['num_parameters']} parameters), square loss ½Σ_k(f_k − y_k)², the same "
         "seeded initialization for every run.",
         f"- learning rates η = fraction · 2/λ₀ with fractions {list(preset.lr_fractions)} and "
-        f"λ₀ = {_fmt(summary['lambda0'])} the sharpness at initialization (chosen a priori: "
+        f"λ₀ = {fmt(summary['lambda0'])} the sharpness at initialization (chosen a priori: "
         f"the grid spans the GD stability threshold at init); η ∈ {summary['lr_grid']}.",
         f"- batch sizes {['GD' if b is None else b for b in preset.batch_sizes]} (SGD draws B "
         f"distinct samples per step), {preset.repeats} SGD sampling seed(s) per point.",
@@ -754,7 +740,7 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
         f"- g_x(1) vs g_w(1): {_rho(a['spearman_gx_gw'])}; g_x(1) vs sharpness: "
         f"{_rho(a['spearman_gx_sharpness'])}",
         f"- first-layer bound holds at every interpolating run: {a['bound_holds_interpolating']}"
-        f" (median rhs/lhs {_fmt(a['bound_slack_median'])})",
+        f" (median rhs/lhs {fmt(a['bound_slack_median'])})",
         f"- robust accuracy (middle radius) rises with η (same B) in "
         f"{', '.join(f'{k}: {_pairs(e)}' for k, e in a['robust_rises_with_lr'].items()) or '–'}"
         f"; pooled vs η: {robust or '–'}",
@@ -783,7 +769,7 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
         "",
         "## Results (one row per run; all columns in results.csv)",
         "",
-        _markdown_table(frame, cols),
+        markdown_table(frame, cols),
         "",
         f"Wall time {summary['wall_time']:.1f} s ({summary['runs_trained_this_call']} runs "
         "trained in this call; the others came from the store `runs.sqlite`).",
@@ -795,14 +781,6 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
 # ------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------
-
-
-def _resolve_preset(preset: str | Preset) -> tuple[str, Preset]:
-    if isinstance(preset, Preset):
-        return "custom", preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return preset, PRESETS[preset]
 
 
 def _sweep(out: OutputFolder, configs: list[dict[str, Any]], name: str, executor: str,
@@ -831,7 +809,7 @@ def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
         The summary (also written to ``out/summary.json``).
     """
     started = time.perf_counter()
-    preset_name, spec = _resolve_preset(preset)
+    preset_name, spec = resolve_preset(PRESETS, preset, Preset)
     folder = OutputFolder(out)
     lam0 = _init_sharpness(spec, seed)
     configs = _configs(spec, seed, lam0)

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import resolve_preset
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run", "verdict"]
@@ -293,24 +295,18 @@ def _fig_widths(out: OutputFolder, curves: dict[str, list[float]]) -> None:
 FIGURES = ("trajectories", "norm_growth", "flow_conservation", "width_curves")
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return "–" if not math.isfinite(x) else f"{x:.3g}"
-    return str(x)
-
-
 def _report(summary: dict[str, Any], preset: Preset) -> str:
     v = summary["verdicts"]
     c = summary["checks"]
     flow = summary["flow"]
     per_act = summary["per_activation"]
     rows = "\n".join(
-        f"| {act} | {_fmt(e['max_relative_mismatch'])} | {_fmt(e['max_euler_cosine'])} | "
-        f"{_fmt(e['max_norm_residual'])} | {_fmt(e['loss_start'])} → {_fmt(e['loss_end'])} | "
+        f"| {act} | {fmt(e['max_relative_mismatch'])} | {fmt(e['max_euler_cosine'])} | "
+        f"{fmt(e['max_norm_residual'])} | {fmt(e['loss_start'])} → {fmt(e['loss_end'])} | "
         f"{e['diverged']} |" for act, e in per_act.items())
-    flow_rows = "\n".join(f"| {s} | {_fmt(lr)} | {_fmt(dr)} |" for s, lr, dr in zip(
+    flow_rows = "\n".join(f"| {s} | {fmt(lr)} | {fmt(dr)} |" for s, lr, dr in zip(
         flow["steps"], flow["lr"], flow["max_relative_norm_drift"], strict=True))
-    widths = ", ".join(f"m={m}: {_fmt(l)}" for m, l in summary["final_loss_by_width"].items())
+    widths = ", ".join(f"m={m}: {fmt(l)}" for m, l in summary["final_loss_by_width"].items())
     return "\n".join([
         "# BN as a change of metric (Ma & Ying 2021)",
         "",
@@ -345,14 +341,14 @@ def _report(summary: dict[str, Any], preset: Preset) -> str:
         f"**{v['overall']}**",
         "",
         f"- GD with BN = Riemannian GD without BN: {v['riemannian_equivalence']} "
-        f"(max_relative_mismatch = {_fmt(c['max_relative_mismatch'])})",
-        f"- ⟨∇_w L, w⟩ = 0: {v['euler_identity']} (max cosine {_fmt(c['max_euler_cosine'])})",
+        f"(max_relative_mismatch = {fmt(c['max_relative_mismatch'])})",
+        f"- ⟨∇_w L, w⟩ = 0: {v['euler_identity']} (max cosine {fmt(c['max_euler_cosine'])})",
         f"- ‖w'‖² = ‖w‖² + η²‖∇L‖²: {v['norm_growth']} (max relative residual "
-        f"{_fmt(c['max_norm_residual'])})",
+        f"{fmt(c['max_norm_residual'])})",
         f"- effective step η/‖w‖²: {v['effective_step']} (max direction difference "
-        f"{_fmt(c['max_direction_difference'])})",
+        f"{fmt(c['max_direction_difference'])})",
         f"- ‖w‖ conserved by the flow (drift ∝ η): {v['flow_conservation']} (slope "
-        f"{_fmt(c['flow_slope'])})",
+        f"{fmt(c['flow_slope'])})",
         "",
         f"Mean-field width curves (shown, not judged): final loss {widths}.",
         "",
@@ -379,14 +375,6 @@ def _report(summary: dict[str, Any], preset: Preset) -> str:
 # ------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------
-
-
-def _resolve(preset: str | Preset) -> tuple[str, Preset]:
-    if isinstance(preset, Preset):
-        return "custom", preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return preset, PRESETS[preset]
 
 
 def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
@@ -421,7 +409,7 @@ def _run(out: str | Path, preset: str | Preset, seed: int,
 
     matplotlib.use("Agg")
     started = time.perf_counter()
-    name, spec = _resolve(preset)
+    name, spec = resolve_preset(PRESETS, preset, Preset)
     folder = OutputFolder(out)
     X, y = _data(spec, seed)
     total = (len(spec.activations) + len(spec.flow_steps) + len(spec.scales)

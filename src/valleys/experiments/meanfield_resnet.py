@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import resolve_preset
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run", "verdict"]
@@ -342,14 +344,6 @@ def _fig_order(out: OutputFolder, rows) -> None:
 FIGURES = ("euler_error", "training_schemes", "order_sensitivity")
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, bool) or x is None:
-        return str(x)
-    if isinstance(x, float):
-        return "–" if not math.isfinite(x) else f"{x:.4g}"
-    return str(x)
-
-
 def _change(ratio: float) -> str:
     if not math.isfinite(ratio):
         return "could not be compared (a run diverged)"
@@ -379,14 +373,14 @@ def _report(summary: dict[str, Any], spec: Preset) -> str:
     cols = ["scheme", "init_seed", "steps", "cost", "diverged", "initial_loss", "train_loss",
             "test_loss", "order_sensitivity_train"]
     table = "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
-        "| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows])
-    euler = "\n".join(f"| {e['depth']} | {_fmt(e['error'])} |" for e in summary["euler_errors"])
-    vel = "\n".join(f"| {e['depth']} | {_fmt(e['error'])} |"
+        "| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows])
+    euler = "\n".join(f"| {e['depth']} | {fmt(e['error'])} |" for e in summary["euler_errors"])
+    vel = "\n".join(f"| {e['depth']} | {fmt(e['error'])} |"
                     for e in summary["velocity_errors"])
     means = summary["scheme_means"]
     mean_lines = "\n".join(
-        f"- {s}: train {_fmt(m['train_loss'])}, test {_fmt(m['test_loss'])}, order "
-        f"sensitivity {_fmt(m['order_sensitivity_train'])}" for s, m in means.items())
+        f"- {s}: train {fmt(m['train_loss'])}, test {fmt(m['test_loss'])}, order "
+        f"sensitivity {fmt(m['order_sensitivity_train'])}" for s, m in means.items())
     return "\n".join([
         "# Deep ResNets in the mean-field limit (Lu, Ma, Lu, Lu & Ying 2020)",
         "",
@@ -412,7 +406,7 @@ def _report(summary: dict[str, Any], spec: Preset) -> str:
         "ReLU, natural and shuffled order.",
         f"- Euler: a random measure smooth in depth ({spec.modes} cosine modes), depths "
         f"{list(spec.depths)}, reference RK4 with {spec.reference_steps} steps (its own error "
-        f"vs half the steps: {_fmt(summary['reference_error'])}).",
+        f"vs half the steps: {fmt(summary['reference_error'])}).",
         f"- training: teacher–student (tanh teacher, n = {spec.n_train} train / {spec.n_test} "
         f"test), depth L = {spec.depth}, mean-field step η = {spec.lr}, budget "
         f"{spec.budget_steps} × L block passes per run, {spec.seeds} initializations; "
@@ -428,15 +422,15 @@ def _report(summary: dict[str, Any], spec: Preset) -> str:
         f"**{v['overall']}**",
         "",
         f"- backprop = discrete adjoint: {v['adjoint']} (max relative difference "
-        f"{_fmt(summary['adjoint_max_relative_error'])})",
-        f"- Euler error O(1/L): {v['euler']} (slope {_fmt(summary['euler_slope'])})",
+        f"{fmt(summary['adjoint_max_relative_error'])})",
+        f"- Euler error O(1/L): {v['euler']} (slope {fmt(summary['euler_slope'])})",
         f"- particle velocity → ∇_θ δE/δρ at O(1/L): {v['velocity']} (slope "
-        f"{_fmt(summary['velocity_slope'])})",
+        f"{fmt(summary['velocity_slope'])})",
         f"- block switching vs plain at equal cost: {v['block_switching']} (test-loss ratio "
-        f"{_fmt(summary['switch_test_ratio'])}; train-loss ratio "
-        f"{_fmt(summary['switch_train_ratio'])}); coarse-to-fine vs plain: test-loss ratio "
-        f"{_fmt(summary['refine_test_ratio'])}, train-loss ratio "
-        f"{_fmt(summary['refine_train_ratio'])}.",
+        f"{fmt(summary['switch_test_ratio'])}; train-loss ratio "
+        f"{fmt(summary['switch_train_ratio'])}); coarse-to-fine vs plain: test-loss ratio "
+        f"{fmt(summary['refine_test_ratio'])}, train-loss ratio "
+        f"{fmt(summary['refine_train_ratio'])}.",
         "",
         "Means over initializations:",
         "",
@@ -467,14 +461,6 @@ def _report(summary: dict[str, Any], spec: Preset) -> str:
 # ------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------
-
-
-def _resolve(preset: str | Preset) -> tuple[str, Preset]:
-    if isinstance(preset, Preset):
-        return "custom", preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return preset, PRESETS[preset]
 
 
 def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
@@ -509,7 +495,7 @@ def _run(out: str | Path, preset: str | Preset, seed: int,
 
     matplotlib.use("Agg")
     started = time.perf_counter()
-    name, spec = _resolve(preset)
+    name, spec = resolve_preset(PRESETS, preset, Preset)
     folder = OutputFolder(out)
     per_run = {"plain": spec.budget_steps, "shuffle": spec.budget_steps,
                "refine": sum(spec.budget_steps * 2**(spec.refinements - i) // (spec.refinements + 1)

@@ -40,11 +40,9 @@ barely moves: lazy training). (d) runs online SGD particles and the radial PDE.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import torch_threads
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run"]
@@ -119,17 +119,6 @@ PRESETS: dict[str, Preset] = {
                    mmn_particles=2000, mmn_lr=0.005, mmn_time=4.0, mmn_cells=600,
                    mmn_batch=2000),
 }
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --- problem ------------------------------------------------------------------------------------
@@ -399,24 +388,16 @@ def _animation(folder: OutputFolder, p: Preset, data: dict[str, torch.Tensor], s
 # --- report -------------------------------------------------------------------------------------
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return "—" if not math.isfinite(x) else f"{x:.3g}"
-    return str(x)
-
-
 def _report(s: dict[str, Any]) -> str:
     h = s["headline"]
     a, b, c, d, e = h["a"], h["b"], h["c"], h["d"], h["e"]
     rows = "\n".join(
-        f"| {w['width']} | {_fmt(w['loss'])} | {_fmt(w['loss_std'])} | {_fmt(w['test_loss'])} | "
-        f"{_fmt(w['curve_gap'])} | {_fmt(w['path_norm'])} | {_fmt(w['barron_norm'])} |"
+        f"| {w['width']} | {fmt(w['loss'])} | {fmt(w['loss_std'])} | {fmt(w['test_loss'])} | "
+        f"{fmt(w['curve_gap'])} | {fmt(w['path_norm'])} | {fmt(w['barron_norm'])} |"
         for w in s["by_width"])
     bounds = "\n".join(
-        f"| {r['width']} | {_fmt(r['test_loss'])} | {_fmt(r['a_posteriori'])} | "
-        f"{_fmt(r['a_priori'])} |" for r in s["bounds"])
+        f"| {r['width']} | {fmt(r['test_loss'])} | {fmt(r['a_posteriori'])} | "
+        f"{fmt(r['a_priori'])} |" for r in s["bounds"])
     return f"""# {NAME}: two-layer networks in the mean-field limit
 
 Papers: {PAPERS}. Preset `{s['preset']}`, seed {s['seed']}, {s['runtime_s']:.0f} s.
@@ -447,23 +428,23 @@ reference width {s['preset_config']['reference_width']}.
 
 ## Verdicts (rules fixed before running)
 
-* (a) sup-gap slope {_fmt(a['curve_gap_slope'])} (rule ≤ {CURVE_SLOPE_MAX}). Verdict:
+* (a) sup-gap slope {fmt(a['curve_gap_slope'])} (rule ≤ {CURVE_SLOPE_MAX}). Verdict:
   **{a['verdict'].upper()}**.
-* (b) final-risk slope {_fmt(b['final_loss_slope'])} (predicted −1; rule in
+* (b) final-risk slope {fmt(b['final_loss_slope'])} (predicted −1; rule in
   {list(FINAL_SLOPE_RANGE)}). Verdict: **{b['verdict'].upper()}**. Fluctuation (seed std)
-  slope {_fmt(b['loss_std_slope'])}: {b['fluctuation_verdict']}.
-* (c) largest relative balancedness drift {_fmt(c['max_relative_balancedness_drift'])}
+  slope {fmt(b['loss_std_slope'])}: {b['fluctuation_verdict']}.
+* (c) largest relative balancedness drift {fmt(c['max_relative_balancedness_drift'])}
   (rule < {BALANCE_TOL}), steps with a risk increase: {c['risk_increases']}. Verdict:
   **{c['verdict'].upper()}**. Diagnostic added after the first run (one width, same flow
-  time): relative drift {', '.join(f"{_fmt(x['relative_drift'])} at η = {_fmt(x['lr'])}"
-  for x in c['drift_vs_step'])}; order in η {_fmt(c['drift_order_in_step'])} (forward Euler
+  time): relative drift {', '.join(f"{fmt(x['relative_drift'])} at η = {fmt(x['lr'])}"
+  for x in c['drift_vs_step'])}; order in η {fmt(c['drift_order_in_step'])} (forward Euler
   predicts 1: the flow conserves it, the discretization does not).
-* (d) MMN: largest gap between particle and PDE radius quantiles {_fmt(d['quantile_gap'])},
-  i.e. {_fmt(d['relative_gap'])} of the distance the quantiles travel (rule ≤ {PDE_TOL}).
+* (d) MMN: largest gap between particle and PDE radius quantiles {fmt(d['quantile_gap'])},
+  i.e. {fmt(d['relative_gap'])} of the distance the quantiles travel (rule ≤ {PDE_TOL}).
   The particles' Monte-Carlo risk exceeds the PDE risk by the finite-N self-interaction term
-  (O(1/N)); the mean-field risk of their radial law is {_fmt(d['particle_final_meanfield_risk'])}
-  vs PDE {_fmt(d['pde_risk'][-1])}. Verdict: **{d['verdict'].upper()}**.
-* (e) path norms across widths differ by a factor {_fmt(e['path_norm_ratio'])} (rule <
+  (O(1/N)); the mean-field risk of their radial law is {fmt(d['particle_final_meanfield_risk'])}
+  vs PDE {fmt(d['pde_risk'][-1])}. Verdict: **{d['verdict'].upper()}**.
+* (e) path norms across widths differ by a factor {fmt(e['path_norm_ratio'])} (rule <
   {NORM_RATIO_MAX}). Verdict: **{e['verdict'].upper()}**.
 
 ![MMN PDE](mmn_pde.png)
@@ -502,7 +483,7 @@ def run(out: str | Path, *, preset: str = "quick", seed: int = 0,
 
     started = time.perf_counter()
     folder, p = OutputFolder(out), PRESETS[preset]
-    with _threads(p.threads):
+    with torch_threads(p.threads):
         data = _teacher_data(p, seed)
         jobs = [(m, seed * 1000 + k, s) for s in ("mean-field", "ntk") for m in p.widths
                 for k in range(p.seeds if s == "mean-field" else 1)]

@@ -36,11 +36,9 @@ below 1) measures each group's loss scale. Everything runs for ``s`` and for the
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import torch_threads
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run"]
@@ -123,17 +123,6 @@ PRESETS: dict[str, Preset] = {
         phase1_steps=6000, phase2_steps=4000, decay=10.0, record_every=10,
     ),
 }
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _Progress:
@@ -597,16 +586,6 @@ def _figure_origin(out: OutputFolder, runs: list[dict[str, Any]]) -> None:
 # --- report -------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
 ORIGIN_HEADER = (
     "| s | a_small | a_large | η₁ | λ₁·η₁/2 after phase 1 | phase 1 loss | decayed | control "
     "| drop | large share | sat. ‖x‖≈1 | sat. ‖x‖≈s | ratio |\n" + "|---" * 13 + "|"
@@ -623,16 +602,16 @@ def _report(s: dict[str, Any]) -> str:
     p, a, va, vb = s["preset_config"], s["eos"], s["verdicts_detail"]["growth"], \
         s["verdicts_detail"]["origin"]
     fits = "\n".join(
-        f"| {f['side']} | {f['range']} | {_fmt(f['t_lo'])}–{_fmt(f['t_hi'])} | {f['points']} | "
-        f"{f['nonpositive']} | {_fmt(f['exponent'])} |" for f in a.get("fits", []))
+        f"| {f['side']} | {f['range']} | {fmt(f['t_lo'])}–{fmt(f['t_hi'])} | {f['points']} | "
+        f"{f['nonpositive']} | {fmt(f['exponent'])} |" for f in a.get("fits", []))
     origin_rows = "\n".join(
-        f"| {_fmt(b['scale'])} | {_fmt(b.get('a0_small'))} | {_fmt(b.get('a0_large'))} | "
-        f"{_fmt(b['lr'])} | {_fmt(_edge(b))} | {_fmt(b.get('phase1_loss'))} | "
-        f"{_fmt(b.get('arms', {}).get('decayed', {}).get('final_loss'))} | "
-        f"{_fmt(b.get('arms', {}).get('control', {}).get('final_loss'))} | "
-        f"{_fmt(b.get('drop_factor'))} | {_fmt(b.get('large_share_of_drop'))} | "
-        f"{_fmt(b.get('saturation_small'))} | {_fmt(b.get('saturation_large'))} | "
-        f"{_fmt(b.get('scale_ratio'))} |" for b in s["origin"])
+        f"| {fmt(b['scale'])} | {fmt(b.get('a0_small'))} | {fmt(b.get('a0_large'))} | "
+        f"{fmt(b['lr'])} | {fmt(_edge(b))} | {fmt(b.get('phase1_loss'))} | "
+        f"{fmt(b.get('arms', {}).get('decayed', {}).get('final_loss'))} | "
+        f"{fmt(b.get('arms', {}).get('control', {}).get('final_loss'))} | "
+        f"{fmt(b.get('drop_factor'))} | {fmt(b.get('large_share_of_drop'))} | "
+        f"{fmt(b.get('saturation_small'))} | {fmt(b.get('saturation_large'))} | "
+        f"{fmt(b.get('scale_ratio'))} |" for b in s["origin"])
     sec = a.get("secant_over_floor_curvature", {})
     return f"""# Reproduction: {NAME}
 
@@ -653,18 +632,18 @@ The paper's own figures, model functions and numbers were not available to us (d
 
 Setup: first n = {p['n']} digits samples (seed {s['seed']}), tanh MLP {tuple(p['widths'])}
 ({a['num_parameters']} parameters), square loss ½Σ_k(f_k − y_k)², float64. Sharpness at
-initialization a₀ = {_fmt(a['a0'])}; η = 2/({p['eos_factor']:g}·a₀) = {_fmt(a['lr'])}, so
-2/η = {_fmt(a['threshold'])}. {p['eos_steps']} GD steps, sharpness (Lanczos, tol 1e-3) every
+initialization a₀ = {fmt(a['a0'])}; η = 2/({p['eos_factor']:g}·a₀) = {fmt(a['lr'])}, so
+2/η = {fmt(a['threshold'])}. {p['eos_steps']} GD steps, sharpness (Lanczos, tol 1e-3) every
 {p['check_every']}. Status: {a['status']}. Median sharpness·η/2 over the last half of the checks:
-{_fmt(a.get('median_sharpness_over_threshold'))} (EoS if in [{EOS_BAND[0]}, {EOS_BAND[1]}]:
-{_fmt(a.get('at_eos'))}).
+{fmt(a.get('median_sharpness_over_threshold'))} (EoS if in [{EOS_BAND[0]}, {EOS_BAND[1]}]:
+{fmt(a.get('at_eos'))}).
 
-At the final iterate θ: top eigenvector u (λ₁ = {_fmt(a.get('sharpness_final'))}), GD
-oscillation amplitude along u, A = |⟨η∇L, u⟩|/2 = {_fmt(a.get('amplitude'))}; valley floor
-θ_c = θ + t₀u with t₀ = {_fmt(a.get('t0'))} the line minimizer; curvature there
-uᵀH(θ_c)u = {_fmt(a.get('floor_curvature'))}. ΔL(t) = L(θ_c + tu) − L(θ_c) on
+At the final iterate θ: top eigenvector u (λ₁ = {fmt(a.get('sharpness_final'))}), GD
+oscillation amplitude along u, A = |⟨η∇L, u⟩|/2 = {fmt(a.get('amplitude'))}; valley floor
+θ_c = θ + t₀u with t₀ = {fmt(a.get('t0'))} the line minimizer; curvature there
+uᵀH(θ_c)u = {fmt(a.get('floor_curvature'))}. ΔL(t) = L(θ_c + tu) − L(θ_c) on
 |t| ∈ [{p['t_min']:g}, {p['t_max']:g}] ({p['per_decade']} points per decade, both signs,
-batched: {a.get('scan_points')} points in {_fmt(a.get('scan_seconds'))} s).
+batched: {a.get('scan_points')} points in {fmt(a.get('scan_seconds'))} s).
 
 ![Growth](growth.png)
 
@@ -673,10 +652,10 @@ batched: {a.get('scan_points')} points in {_fmt(a.get('scan_seconds'))} s).
 {fits}
 
 Secant curvature at the oscillation scale, 2ΔL(A)/A² divided by the floor curvature
-(< 1: the walls at the GD scale are flatter than the floor): t < 0: {_fmt(sec.get('minus'))},
-t > 0: {_fmt(sec.get('plus'))}. Radius where the local exponent first leaves 2 ± {QUADRATIC_TOL}:
-t < 0: {_fmt(a.get('profile_minus', {}).get('quadratic_radius'))},
-t > 0: {_fmt(a.get('profile_plus', {}).get('quadratic_radius'))} (A = {_fmt(a.get('amplitude'))}).
+(< 1: the walls at the GD scale are flatter than the floor): t < 0: {fmt(sec.get('minus'))},
+t > 0: {fmt(sec.get('plus'))}. Radius where the local exponent first leaves 2 ± {QUADRATIC_TOL}:
+t < 0: {fmt(a.get('profile_minus', {}).get('quadratic_radius'))},
+t > 0: {fmt(a.get('profile_plus', {}).get('quadratic_radius'))} (A = {fmt(a.get('amplitude'))}).
 
 Verdict rules (fixed in code before any run): inconclusive unless the run is at the EoS and the
 inner range (|t| in [{RANGES['inner'][0]}, {RANGES['inner'][1]}]·A) is quadratic (|p − 2| ≤
@@ -705,11 +684,11 @@ saturation scale is the first |t| where its local exponent drops below 1 (∞: n
 {origin_rows}
 
 Verdict rules (fixed in code before any run), for s = {p['scale']:g}: lr decay drops the loss
-(drop ≥ {DROP_FACTOR:g}: {_fmt(vb.get('lr_decay_drops_loss'))}), the drop comes mostly from the
-large-magnitude inputs (share ≥ {LARGE_SHARE:g}: {_fmt(vb.get('drop_from_large_inputs'))}),
-separate scales (saturation-scale ratio ≥ {SCALE_RATIO:g}: {_fmt(vb.get('separate_scales'))}):
+(drop ≥ {DROP_FACTOR:g}: {fmt(vb.get('lr_decay_drops_loss'))}), the drop comes mostly from the
+large-magnitude inputs (share ≥ {LARGE_SHARE:g}: {fmt(vb.get('drop_from_large_inputs'))}),
+separate scales (saturation-scale ratio ≥ {SCALE_RATIO:g}: {fmt(vb.get('separate_scales'))}):
 all three "agrees", none "disagrees", otherwise "partly agrees". The s = 1 control (ratio
-{_fmt(vb.get('control_scale_ratio'))}, drop {_fmt(vb.get('control_drop_factor'))}) is reported,
+{fmt(vb.get('control_scale_ratio'))}, drop {fmt(vb.get('control_drop_factor'))}) is reported,
 not graded. Premise rule: if the sharpness at the end of phase 1 is below 0.9·2/η₁, GD has
 resolved every scale at η₁ and the verdict is "inconclusive". Verdict:
 **{vb['verdict'].upper()}**{' (' + vb['reason'] + ')' if vb.get('reason') else ''}.
@@ -717,7 +696,7 @@ resolved every scale at η₁ and the verdict is "inconclusive". Verdict:
 ## Notes
 
 * The EoS iterate is not a minimum: along u the loss has a slope (⟨∇L, u⟩ =
-  {_fmt(a.get('grad_along_u'))}) because GD oscillates along u, so increments are measured from
+  {fmt(a.get('grad_along_u'))}) because GD oscillates along u, so increments are measured from
   the line minimizer θ_c, where the slope along u vanishes. Other choices (θ itself, the
   midpoint of two iterates) would give different small-|t| exponents.
 * Exponents are fitted by least squares of log ΔL on log|t| over the positive increments in each
@@ -778,7 +757,7 @@ def run(out: str | Path, *, preset: str = "quick", seed: int = 0,
     total = p.eos_steps + 2 * (p.phase1_steps + 2 * p.phase2_steps)
     bar = _Progress(total, progress)
     try:
-        with _threads(p.threads):
+        with torch_threads(p.threads):
             a = _part_a(p, seed, bar)
             origin = [_part_b(p, p.scale, seed, bar), _part_b(p, 1.0, seed, bar)]
     finally:

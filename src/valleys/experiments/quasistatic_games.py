@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import markdown_table, resolve_preset
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run", "verdicts", "with_overrides"]
@@ -497,19 +499,6 @@ def _save(folder: OutputFolder, fig, stem: str) -> str:
     return stem
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return "—" if math.isnan(x) else f"{x:.3g}"
-    return str(x)
-
-
-def _markdown_table(frame, cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
-    return "\n".join(lines)
-
-
 def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
     v, final = summary["verdicts"], summary["final"]
     cyc = final["cycling"]
@@ -607,8 +596,8 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
         "(a particle measure has no density, so the entropy's reaction term is absent); its "
         "fixed points are those of the unregularised game, so on the quadratic game its "
         "weights concentrate (effective particles 1/Σw²: x "
-        f"{_fmt(final['quadratic']['wfr'].get('ess_x', math.nan))}, y "
-        f"{_fmt(final['quadratic']['wfr'].get('ess_y', math.nan))} of {preset.particles}) and "
+        f"{fmt(final['quadratic']['wfr'].get('ess_x', math.nan))}, y "
+        f"{fmt(final['quadratic']['wfr'].get('ess_y', math.nan))} of {preset.particles}) and "
         "it is pulled away from the regularised equilibrium. This is a property of the "
         "baseline at τ > 0, not of the quasistatic method.",
         "",
@@ -627,7 +616,7 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
         *[f"![{stem}]({stem}.png)\n" for stem in summary["figures"]],
         "## Results",
         "",
-        _markdown_table(frame, cols),
+        markdown_table(frame, cols),
         "",
         f"Wall time {summary['wall_time']:.1f} s.",
         "",
@@ -638,14 +627,6 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
 # ------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------
-
-
-def _resolve_preset(preset: str | Preset) -> tuple[str, Preset]:
-    if isinstance(preset, Preset):
-        return "custom", preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return preset, PRESETS[preset]
 
 
 def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
@@ -663,7 +644,7 @@ def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
         holds the final NI error or distance to equilibrium.
     """
     started = time.perf_counter()
-    preset_name, spec = _resolve_preset(preset)
+    preset_name, spec = resolve_preset(PRESETS, preset, Preset)
     folder = OutputFolder(out)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads cost more than they give

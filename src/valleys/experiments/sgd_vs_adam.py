@@ -29,12 +29,10 @@ Verdict rules are the constants and ``_verdict_*`` functions below, written befo
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import platform
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.experiments.common import format_cell, markdown_table, torch_threads
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run"]
@@ -126,17 +125,6 @@ PRESETS: dict[str, Preset] = {
         sde_epsilon=0.14, sde_max_steps=100_000,
     ),
 }
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --- networks -----------------------------------------------------------------------------------
@@ -507,40 +495,27 @@ def _figures(folder: OutputFolder, runs, trajectory, sde) -> None:
 
 
 def _fmt(x: Any) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.4g}"
-    if isinstance(x, list | tuple):
-        return "[" + ", ".join(_fmt(v) for v in x) + "]"
-    if isinstance(x, dict):
-        return ", ".join(f"α={k}: {_fmt(v)}" for k, v in x.items())
-    return str(x)
-
-
-def _table(rows: list[dict], cols: tuple[str, ...]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    if isinstance(x, dict):  # results keyed by the tail index α
+        return ", ".join(f"α={k}: {format_cell(v)}" for k, v in x.items())
+    return format_cell(x)
 
 
 def _report(s: dict[str, Any]) -> str:
     p, h = s["preset_config"], s["headline"]
-    runs_table = _table(s["runs"], (
+    runs_table = markdown_table(s["runs"], (
         "dataset", "optimizer", "lr", "alpha_hat", "alpha_hat_interval", "alpha_hat_raw",
         "alpha_hat_preconditioned", "sharpness", "nonuniformity", "test_accuracy",
         "train_loss"))
-    tuning_table = _table(s["tuning"], ("dataset", "optimizer", "lr", "status", "final_loss",
-                                        "selected"))
-    eps_table = _table(s["sde"]["epsilon"], ("alpha", "epsilon", "mean_exit_time", "stderr",
+    tuning_table = markdown_table(
+        s["tuning"], ("dataset", "optimizer", "lr", "status", "final_loss", "selected")
+    )
+    eps_table = markdown_table(s["sde"]["epsilon"], ("alpha", "epsilon", "mean_exit_time", "stderr",
                                              "exited", "theory"))
-    width_table = _table(s["sde"]["width"], ("alpha", "width", "mean_exit_time", "stderr",
+    width_table = markdown_table(s["sde"]["width"], ("alpha", "width", "mean_exit_time", "stderr",
                                              "theory"))
-    depth_table = _table(s["sde"]["depth"], ("alpha", "depth", "mean_exit_time", "stderr",
+    depth_table = markdown_table(s["sde"]["depth"], ("alpha", "depth", "mean_exit_time", "stderr",
                                              "theory"))
-    opt_table = _table(s["sde"]["optimizers"], ("alpha", "epsilon", "dynamics",
+    opt_table = markdown_table(s["sde"]["optimizers"], ("alpha", "epsilon", "dynamics",
                                                 "mean_exit_time", "stderr", "exited"))
     verdicts = "\n".join(f"* **{k}** — {v['claim']}: **{v['verdict'].upper()}**"
                          for k, v in h.items())
@@ -680,7 +655,7 @@ def run(out: str | Path, *, preset: str = "quick", seed: int = 0,
     total = (len(p.datasets) * (len(p.sgd_lrs) + len(p.adam_lrs) + 2)
              + len(p.sde_alphas) * len(p.sde_epsilons) + len(p.sde_widths)
              + len(p.sde_depths) + 6)
-    with _threads(p.threads), tqdm(total=total, desc=NAME, disable=not progress) as bar:
+    with torch_threads(p.threads), tqdm(total=total, desc=NAME, disable=not progress) as bar:
         runs, tuning, trajectory = _network_part(p, seed, bar)
         sde = _sde_part(p, seed, bar)
     headline = {
