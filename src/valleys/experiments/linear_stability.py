@@ -33,19 +33,20 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import markdown_table, torch_threads
 from valleys.experiments.output import OutputFolder
 
 __all__ = ["NAME", "PRESETS", "Preset", "run", "run_escape", "run_gd", "run_sgd"]
@@ -171,22 +172,6 @@ def _objective(config: dict[str, Any]):
     return Objective(model, "mse", _data(config["n"], config["seed"]))
 
 
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` torch threads and restore the previous number afterwards.
-
-    On two busy cores one thread is several times faster for these small tensors (no thread
-    synchronization per operation), and parallel workers must not oversubscribe the CPUs.
-    """
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _step_cap(config: dict[str, Any]) -> int:
     return math.ceil(config["flow_time"] / config["lr"])
 
@@ -258,13 +243,13 @@ def _train_and_measure(config: dict[str, Any], batch_size: int | None) -> dict[s
 
 def run_gd(config: dict[str, Any]) -> dict[str, Any]:
     """One full-batch GD run of part (a) (a module-level sweep function)."""
-    with _threads(config.get("threads")):
+    with torch_threads(config.get("threads")):
         return _train_and_measure(config, None)
 
 
 def run_sgd(config: dict[str, Any]) -> dict[str, Any]:
     """One SGD run of part (b), batches of ``config["batch_size"]`` without replacement."""
-    with _threads(config.get("threads")):
+    with torch_threads(config.get("threads")):
         return _train_and_measure(config, int(config["batch_size"]))
 
 
@@ -308,7 +293,7 @@ def _choose_escape_batch(a: float, s: float, lr: float, n: int,
 
 def run_escape(config: dict[str, Any]) -> dict[str, Any]:
     """Part (c): GD to a minimum, then SGD with the same ``η`` (and GD continued as control)."""
-    with _threads(config.get("threads")):
+    with torch_threads(config.get("threads")):
         return _escape(config)
 
 
@@ -389,7 +374,7 @@ def _initial_sharpness(preset: Preset, seed: int) -> float:
     from valleys import sharpness
 
     base = {"n": preset.n, "widths": list(preset.widths), "seed": seed}
-    with _threads(preset.threads):
+    with torch_threads(preset.threads):
         return float(sharpness(_objective(base), tol=1e-6, seed=seed))
 
 
@@ -666,22 +651,6 @@ def _figure_escape(out: OutputFolder, metrics: dict[str, Any], n: int) -> None:
 # --- report -------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _verdict_word(verdict: str) -> str:
     return f"**{verdict.upper()}**"
 
@@ -689,13 +658,13 @@ def _verdict_word(verdict: str) -> str:
 def _report(summary: dict[str, Any]) -> str:
     p, h = summary["preset_config"], summary["headline"]
     gd, sgd, esc = h["gd"], h["sgd"], h["escape"]
-    table = _markdown_table(summary["runs"], (
+    table = markdown_table(summary["runs"], (
         "part", "lr", "batch_size", "status", "final_loss", "sharpness", "two_over_lr",
         "nonuniformity", "max_nonuniformity", "criterion_1d", "within_bounds",
         "max_stable_lr", "stable_predicted"))
     gd_lines = "\n".join(
-        f"| {_fmt(r['lr'])} | {_fmt(r['two_over_lr'])} | {_fmt(r['sharpness'])} | "
-        f"{_fmt(r['ratio'])} | {r['status']} |" for r in gd["per_lr"])
+        f"| {fmt(r['lr'])} | {fmt(r['two_over_lr'])} | {fmt(r['sharpness'])} | "
+        f"{fmt(r['ratio'])} | {r['status']} |" for r in gd["per_lr"])
     return f"""# Reproduction: {NAME}
 
 Paper: {PAPER}.
@@ -748,8 +717,8 @@ same η is left once SGD takes over, and SGD settles at a minimum satisfying its
 
 Criterion (fixed in advance): every converged run has a ≤ {1 + GD_EDGE_SLACK:g}·2/η, and the
 runs with η ≥ 2/a₀ (GD cannot stay in the initial region) end with a ≥ {GD_EDGE_BAND:g}·2/η.
-Converged runs: {gd['converged']}; all below the edge: {_fmt(gd['all_below_edge'])}; runs with
-η ≥ 2/a₀: {gd['edge_runs']}, of which all near 2/η: {_fmt(gd['edge_runs_near_2_over_lr'])}.
+Converged runs: {gd['converged']}; all below the edge: {fmt(gd['all_below_edge'])}; runs with
+η ≥ 2/a₀: {gd['edge_runs']}, of which all near 2/η: {fmt(gd['edge_runs_near_2_over_lr'])}.
 Verdict: {_verdict_word(gd['verdict'])}. Small-η runs ending well below 2/η are the paper's own
 η = 0.01 exception, not a disagreement.
 
@@ -761,13 +730,13 @@ SGD runs: {sgd['runs']} ({sgd['converged']} converged, {sgd['diverged']} diverge
 Among the converged ones:
 
 * inside the necessary rectangle a ≤ 2/η, s ≤ (1/η)sqrt(B(n−1)/(n−B)):
-  {_fmt(sgd['fraction_within_bounds'])} (median s / s-bound {_fmt(sgd['median_s_over_bound'])},
-  largest {_fmt(sgd['max_s_over_bound'])}); within {GD_EDGE_SLACK:.0%} of both bounds (the
+  {fmt(sgd['fraction_within_bounds'])} (median s / s-bound {fmt(sgd['median_s_over_bound'])},
+  largest {fmt(sgd['max_s_over_bound'])}); within {GD_EDGE_SLACK:.0%} of both bounds (the
   slack that (a) allows for minima reached only to the loss goal):
-  {_fmt(sgd['fraction_within_bounds_5pct'])};
-* 1-D criterion ≤ 1 with the measured a, s: {_fmt(sgd['fraction_stable_1d'])};
+  {fmt(sgd['fraction_within_bounds_5pct'])};
+* 1-D criterion ≤ 1 with the measured a, s: {fmt(sgd['fraction_stable_1d'])};
 * multi-dimensional sufficient condition (on the Gauss–Newton per-sample Hessians, η ≤ η*)
-  satisfied: {_fmt(sgd['fraction_stable_predicted'])}.
+  satisfied: {fmt(sgd['fraction_stable_predicted'])}.
 
 Verdict on the paper's Fig. 3 claim (every solution inside its predicted bound):
 {_verdict_word(sgd['verdict'])} ("agrees": all strictly inside; "partly agrees": all within
@@ -809,19 +778,19 @@ def _escape_text(esc: dict[str, Any], p: dict[str, Any]) -> str:
     return f"""The batch size was chosen by the criterion, not by trial: the largest B in the
 grid whose 1-D criterion at the GD minimum exceeds 1, B = {esc['batch_size']}.
 
-* GD minimum: a = {_fmt(esc['start_sharpness'])}, s = {_fmt(esc['start_nonuniformity'])};
-  1-D criterion for SGD(η, B) = {_fmt(esc['start_criterion_1d'])} (> 1: unstable); sufficient
-  condition for SGD satisfied: {_fmt(esc['start_stable_predicted_sgd'])} (η* =
-  {_fmt(esc.get('start_max_stable_lr_sgd'))}).
-* After the switch the loss rose by a factor {_fmt(esc['loss_spike_factor'])} (criterion ≥
-  {SPIKE_FACTOR:g}); SGD moved ‖Δθ‖ = {_fmt(esc['distance_sgd'])} while GD continued for the
-  control moved {_fmt(esc['distance_gd_control'])} (final control loss
-  {_fmt(esc['control_final_loss'])}).
-* SGD ended at loss {_fmt(esc['final_loss'])} (settled, ≤ {SETTLE_FACTOR:g}× the goal:
-  {_fmt(esc['settled'])}) with a = {_fmt(esc['end_sharpness'])},
-  s = {_fmt(esc['end_nonuniformity'])}; 1-D criterion {_fmt(esc['end_criterion_1d'])}, inside the
-  necessary bounds: {_fmt(esc['end_within_bounds'])}, sufficient condition:
-  {_fmt(esc['end_stable_predicted'])}.
+* GD minimum: a = {fmt(esc['start_sharpness'])}, s = {fmt(esc['start_nonuniformity'])};
+  1-D criterion for SGD(η, B) = {fmt(esc['start_criterion_1d'])} (> 1: unstable); sufficient
+  condition for SGD satisfied: {fmt(esc['start_stable_predicted_sgd'])} (η* =
+  {fmt(esc.get('start_max_stable_lr_sgd'))}).
+* After the switch the loss rose by a factor {fmt(esc['loss_spike_factor'])} (criterion ≥
+  {SPIKE_FACTOR:g}); SGD moved ‖Δθ‖ = {fmt(esc['distance_sgd'])} while GD continued for the
+  control moved {fmt(esc['distance_gd_control'])} (final control loss
+  {fmt(esc['control_final_loss'])}).
+* SGD ended at loss {fmt(esc['final_loss'])} (settled, ≤ {SETTLE_FACTOR:g}× the goal:
+  {fmt(esc['settled'])}) with a = {fmt(esc['end_sharpness'])},
+  s = {fmt(esc['end_nonuniformity'])}; 1-D criterion {fmt(esc['end_criterion_1d'])}, inside the
+  necessary bounds: {fmt(esc['end_within_bounds'])}, sufficient condition:
+  {fmt(esc['end_stable_predicted'])}.
 
 Verdict (fixed in advance: spike ≥ {SPIKE_FACTOR:g}×, settled, new minimum inside the SGD
 bounds; "partly agrees": settled inside the bounds after s changed by more than 10% but with a
