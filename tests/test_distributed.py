@@ -70,6 +70,12 @@ def _quantities(obj) -> dict:
             stability_analysis(obj, LR, B, tol=1e-10, components=False).lambda_max
         ),
     }
+    batches = valleys.noise.batch_indices(obj.n, B, 5, seed=4)
+    out["minibatch_gradients"] = valleys.noise.minibatch_gradients(obj, batches)
+    stats = valleys.noise.noise_statistics(obj, batch_size=B, k=2, method="lanczos", seed=0)
+    out["noise_top"] = stats.top_eigenvalues
+    out["noise_trace"] = torch.tensor(stats.trace)
+    out["adam_v"] = valleys.noise.stationary_second_moment(obj, batch_size=B)
     gd = train(obj, lr=LR, steps=GD_STEPS, record_every=1)
     out["gd_losses"] = torch.tensor([r["loss"] for r in gd.records])
     out["gd_theta"] = gd.theta

@@ -49,7 +49,6 @@ def stationary_second_moment(
     replacement: bool = False,
 ) -> torch.Tensor:
     """``E[g_b²] = g² + c·diag(C)`` elementwise, the fixed point of Adam's ``v`` at θ."""
-    objective.require_single_process("stationary_second_moment")
     theta = objective.resolve_theta(theta)
     factor = noise_factor(objective.n, batch_size, replacement=replacement)
     total = torch.zeros(objective.dim, dtype=objective.dtype, device=objective.device)
@@ -57,6 +56,7 @@ def stationary_second_moment(
     for G in objective.iter_per_sample_gradients(theta):
         total += G.sum(0)
         squares += G.pow(2).sum(0)
+    total, squares = objective.reduce(torch.stack([total, squares]), inputs=(theta,))
     g = total / objective.n
     variance = squares / objective.n - g**2
     return g**2 + factor * variance.clamp_min(0)

@@ -102,16 +102,19 @@ def minibatch_gradients(
     ``chunk_size`` bounds memory), combined into every batch by one product per chunk.
     Returns ``(num_batches, p)``; with ``return_mean`` also the full gradient ``g`` (the mean
     of the per-sample gradients, from the same pass).
+
+    On a sharded objective ``indices`` are global; each rank adds the gradients of its own
+    samples to every batch and one all-reduce sums the partial batch gradients (no per-sample
+    gradient leaves its rank).
     """
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}")
-    objective.require_single_process("minibatch_gradients")
     indices = _check_indices(indices, objective.n)
     theta = objective.resolve_theta(theta)
     out = torch.zeros((indices.shape[0], objective.dim), dtype=objective.dtype,
                       device=objective.device)
     mean = torch.zeros(objective.dim, dtype=objective.dtype, device=objective.device)
-    offset = 0
+    offset = objective.shard_start
     for G in objective.iter_per_sample_gradients(theta):
         c = G.shape[0]
         local = indices - offset
@@ -130,7 +133,8 @@ def minibatch_gradients(
             out += torch.sparse.mm(W, G)
         mean += G.sum(0)
         offset += c
-    mean /= objective.n
+    both = objective.reduce(torch.cat([out, mean[None]]), inputs=(theta,))
+    out, mean = both[:-1], both[-1] / objective.n
     return (out, mean) if return_mean else out
 
 
@@ -262,7 +266,6 @@ def noise_statistics(
     products each (:func:`valleys.trace`; exact once ``num_matvecs >= 3p``), the Hessian's top
     ``k`` eigenpairs by eigsh.
     """
-    objective.require_single_process("noise_statistics")
     started = time.perf_counter()
     theta = objective.resolve_theta(theta)
     factor = noise_factor(objective.n, batch_size, replacement=replacement)
@@ -273,6 +276,7 @@ def noise_statistics(
     if method == "lanczos":
         return _statistics_lanczos(objective, theta, batch_size, factor, k, replacement, hessian,
                                    num_matvecs, seed, started)
+    objective.require_single_process("noise_statistics(method='gram')")
     D = _deviations(objective, theta)
     n = objective.n
     gram = (D @ D.T) / n
@@ -317,6 +321,8 @@ def _statistics_lanczos(objective, theta, batch_size, factor, k, replacement, he
     for G in objective.iter_per_sample_gradients(theta):
         total += G.sum(0)
         squares += G.pow(2).sum()
+    packed = objective.reduce(torch.cat([total, squares.reshape(1)]), inputs=(theta,))
+    total, squares = packed[:-1], packed[-1]
     g = total / objective.n
     tr = (float(squares) / objective.n - float(g @ g)) * factor
     fro = math.sqrt(max(trace(op @ op, num_matvecs=num_matvecs, seed=seed).value, 0.0))
