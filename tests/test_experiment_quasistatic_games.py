@@ -118,3 +118,29 @@ def test_quick_preset_runs_in_time(tmp_path):  # CI runs the real quick preset h
     assert time.perf_counter() - started < 120
     assert (tmp_path / "summary.json").exists()
     assert set(summary["final"]["gans"]) == {"8gaussians", "25gaussians"}
+
+
+def test_animations_of_the_two_clouds(small):
+    from PIL import Image, ImageChops
+
+    out, summary = small
+    assert summary["animations"] == ["cycling_clouds.gif", "gan_8gaussians.gif"]
+    assert json.loads((out / "summary.json").read_text())["animations"] == summary["animations"]
+    report = (out / "report.md").read_text()
+    # the cycling game keeps snapshots at 0, s, 2s, ... and the last step: ceil(80/32) = 3
+    expected_frames = {"cycling_clouds.gif": len(range(0, SMALL.cycle_steps, 3)) + 1}
+    for name in summary["animations"]:
+        path = out / name
+        assert f"]({name})" in report
+        assert 1000 < path.stat().st_size < 500_000  # small enough to keep next to the report
+        with Image.open(path) as im:
+            assert im.format == "GIF" and im.is_animated
+            assert 1 < im.n_frames <= SMALL.animation_frames + 1
+            if name in expected_frames:
+                assert im.n_frames == expected_frames[name]
+            im.seek(0)
+            first = im.convert("RGB")
+            im.seek(im.n_frames - 1)
+            last = im.convert("RGB")
+        assert ImageChops.difference(first, last).getbbox() is not None  # the clouds moved
+    assert not list(out.glob(".*.tmp*"))  # written atomically, no temporary left behind

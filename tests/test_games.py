@@ -303,3 +303,75 @@ def test_rock_paper_scissors_cycles_and_averages_converge():
     assert err_100 < 0.02 and err_100 < err_30
     assert game.ni_error(long.x_weights_avg, long.y_weights_avg) < 0.25 * game.ni_error(
         long.x_weights, long.y_weights)
+
+
+# -- snapshots (for animations) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,options", [
+    ("quasistatic", {"inner_steps": 3}), ("descent-ascent", {}), ("wfr", {"mirror_lr": 0.5}),
+])
+def test_snapshots_count_shapes_and_final_state(method, options):
+    x, y = _normal(6, 2, 0, shift=1.0), _normal(4, 3, 1)
+    B = torch.ones(2, 3, dtype=torch.float64)
+    game = QuadraticBilinear(B, a=1.0, b=2.0)
+    kw = dict(temperature=0.2, steps=10, lr=0.05, seed=5, **options)
+    r = solve(game, x, y, method, snapshot_every=3, **kw)
+    assert [s.step for s in r.snapshots] == [0, 3, 6, 9, 10]
+    per_step = options.get("inner_steps", 0) + 1
+    assert [s.evaluations for s in r.snapshots] == [per_step * k for k in (0, 3, 6, 9, 10)]
+    for s in r.snapshots:
+        assert s.x.shape == (6, 2) and s.y.shape == (4, 3) and s.x.dtype == torch.float64
+        if method == "wfr":
+            assert s.x_weights.shape == (6,) and s.y_weights.shape == (4,)
+            assert s.x_weights.sum().item() == pytest.approx(1.0, abs=1e-12)
+        else:
+            assert s.x_weights is None and s.y_weights is None
+    assert torch.equal(r.snapshots[0].x, x) and torch.equal(r.snapshots[0].y, y)
+    last = r.snapshots[-1]
+    assert torch.equal(last.x, r.x) and torch.equal(last.y, r.y)
+    if method == "wfr":
+        assert torch.equal(last.x_weights, r.x_weights)
+        assert torch.equal(last.y_weights, r.y_weights)
+        assert torch.equal(last.x_weights_avg, r.x_weights_avg)
+    # intermediate snapshots are the states of a shorter run with the same seed
+    short = solve(game, x, y, method, **{**kw, "steps": 6})
+    assert torch.equal(r.snapshots[2].x, short.x) and torch.equal(r.snapshots[2].y, short.y)
+    # off by default, and keeping snapshots does not change the numbers
+    plain = solve(game, x, y, method, **kw)
+    assert plain.snapshots == ()
+    assert torch.equal(plain.x, r.x) and torch.equal(plain.y, r.y)
+    assert "snapshots" not in r.to_dict()
+
+
+def test_snapshots_capped_evenly_spaced():
+    x, y = _normal(5, 2, 0), _normal(5, 2, 1)
+    r = solve(GAME, x, y, "descent-ascent", temperature=0.1, steps=100, lr=0.01, seed=0,
+              snapshot_every=1, max_snapshots=10)
+    steps = [s.step for s in r.snapshots]
+    # 1, 2, 4, 8 overflow the cap in turn; interval 16 keeps 0..96 (7) plus the final state
+    assert steps == [0, 16, 32, 48, 64, 80, 96, 100]
+    assert torch.equal(r.snapshots[-1].x, r.x)
+    r = solve(GAME, x, y, "descent-ascent", temperature=0.1, steps=37, lr=0.01, seed=0,
+              snapshot_every=1, max_snapshots=5)
+    # interval 8 fills the cap (0..32); the final state replaces the last in-between one
+    assert [s.step for s in r.snapshots] == [0, 8, 16, 24, 37]
+    assert torch.equal(r.snapshots[-1].y, r.y)
+    with pytest.raises(ValueError, match="snapshot_every"):
+        solve(GAME, x, y, "wfr", temperature=0.1, steps=2, lr=0.1, snapshot_every=0)
+    with pytest.raises(ValueError, match="max_snapshots"):
+        solve(GAME, x, y, "wfr", temperature=0.1, steps=2, lr=0.1, snapshot_every=1,
+              max_snapshots=1)
+
+
+def test_snapshots_end_at_last_finite_state():
+    x, y = _normal(10, 2, 0, shift=1.0), _normal(10, 2, 1)
+    r = solve(GAME, x, y, "descent-ascent", temperature=0.0, steps=2000, lr=5.0, seed=0,
+              snapshot_every=1, max_snapshots=8)
+    assert r.diverged and 2 <= len(r.snapshots) <= 8
+    assert r.snapshots[-1].step == r.steps and torch.equal(r.snapshots[-1].x, r.x)
+    assert all(torch.isfinite(s.x).all() and torch.isfinite(s.y).all() for s in r.snapshots)
+    r = solve(GAME, x, y, "descent-ascent", temperature=0.1, steps=10**7, lr=0.001, seed=0,
+              time_budget=0.2, snapshot_every=1, max_snapshots=20)
+    assert r.status == "time_budget" and len(r.snapshots) <= 20
+    assert r.snapshots[-1].step == r.steps and torch.equal(r.snapshots[-1].y, r.y)

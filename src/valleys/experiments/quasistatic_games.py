@@ -27,12 +27,17 @@ evaluations).
    Gaussians, the same wall-clock budget per method; mode coverage, log-likelihood, W2.
 
 **Verdict rules** (fixed in :func:`verdicts` before any run): see the report's setup section.
+
+**Animations** (GIF, from the solver's snapshots): the two clouds of the cycling game under
+descent–ascent and the quasistatic method side by side, and the generator samples of the first
+GAN target against the target for each method.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -78,6 +83,7 @@ class Preset:
         gan_targets, gan_players, gan_widths, gan_budget_s, gan_lr, gan_batch,
         gan_temperature, gan_mirror_lr, gan_inner_steps, gan_critic_decay, gan_samples:
             the mixture-of-GANs comparison (wall-clock budget per method and target).
+        animation_frames: most frames per animation (the snapshots kept by the solver).
     """
 
     particles: int
@@ -103,6 +109,7 @@ class Preset:
     gan_inner_steps: int
     gan_critic_decay: float
     gan_samples: int
+    animation_frames: int = 32
 
 
 PRESETS: dict[str, Preset] = {
@@ -180,8 +187,12 @@ def _quadratic(preset: Preset, seed: int) -> dict[str, Any]:
     return {"runs": runs, "floor": floor + bias, "distance_kind": "W2 of Gaussian fits"}
 
 
-def _torus(preset: Preset, seed: int, kind: str, tau: float, steps: int) -> dict[str, Any]:
-    """Games 2 and 3: exact NI error ``|ĉ_x| + |ĉ_y|`` and the phase of the x-cloud."""
+def _torus(preset: Preset, seed: int, kind: str, tau: float, steps: int,
+           animate: bool = False) -> dict[str, Any]:
+    """Games 2 and 3: exact NI error ``|ĉ_x| + |ĉ_y|`` and the phase of the x-cloud.
+
+    With ``animate``, every run keeps about ``preset.animation_frames`` snapshots of its clouds.
+    """
     from valleys.games import TranslationGame, solve
 
     game = TranslationGame(kind)
@@ -199,13 +210,17 @@ def _torus(preset: Preset, seed: int, kind: str, tau: float, steps: int) -> dict
                          2 * math.pi)
     y0 = torch.remainder(0.3 * torch.randn(n, 1, generator=g, dtype=torch.float64) + 2.5,
                          2 * math.pi)
+    snaps: dict[str, Any] = {}
+    if animate:  # at most animation_frames + 1 snapshots (steps 0, s, 2s, ... and the last)
+        snaps = {"snapshot_every": max(1, math.ceil(steps / preset.animation_frames)),
+                 "max_snapshots": preset.animation_frames + 1}
     runs = {m: solve(game, x0, y0, m, temperature=tau, steps=steps, lr=preset.lr, seed=seed,
                      x_space="torus", y_space="torus", monitor=monitor,
-                     record_every=preset.record_every, **_method_options(m, preset))
+                     record_every=preset.record_every, **snaps, **_method_options(m, preset))
             for m in METHODS}
     # Floor: E|ĉ| = sqrt(π/(4n)) for n uniform points, for each player.
     return {"runs": runs, "floor": 2 * math.sqrt(math.pi / (4 * n)),
-            "distance_kind": "NI error (exact)"}
+            "distance_kind": "NI error (exact)", "game": game}
 
 
 def _rps(preset: Preset, seed: int) -> dict[str, Any]:
@@ -251,8 +266,12 @@ def _gans(preset: Preset, seed: int) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     G = ParticleMLP((2, *preset.gan_widths, 2))
     D = ParticleMLP((2, *preset.gan_widths, 1))
-    for name in preset.gan_targets:
+    for index, name in enumerate(preset.gan_targets):
         target = gaussian_mixture(name)
+        # The first target is animated: evenly spaced snapshots of the generators, whatever
+        # number of steps the wall-clock budget allows (the solver thins them).
+        snaps = ({"snapshot_every": 1, "max_snapshots": preset.animation_frames}
+                 if index == 0 else {})
         out[name] = {}
         for method in METHODS:
             payoff = GANPayoff(target, G, D, batch_size=preset.gan_batch,
@@ -267,12 +286,16 @@ def _gans(preset: Preset, seed: int) -> dict[str, dict[str, dict[str, Any]]]:
                 options = {"mirror_lr": preset.gan_mirror_lr}
             result = solve(payoff, x0, y0, method, temperature=preset.gan_temperature,
                            steps=10**9, lr=preset.gan_lr, seed=seed,
-                           time_budget=preset.gan_budget_s, **options)
+                           time_budget=preset.gan_budget_s, **snaps, **options)
             samples = sample_generators(G, result.x, preset.gan_samples,
                                         weights=result.x_weights, seed=seed + 1)
             metrics = gan_metrics(samples, target, seed=seed + 2)
+            # The same latent draws in every frame, so the motion is the generators' alone.
+            frames = [(s.step, sample_generators(G, s.x, ANIMATION_SAMPLES,
+                                                 weights=s.x_weights, seed=seed + 1))
+                      for s in result.snapshots]
             out[name][method] = {"result": result, "samples": samples, "metrics": metrics,
-                                 "target": target}
+                                 "target": target, "frames": frames}
     return out
 
 
@@ -411,6 +434,115 @@ def _frame(final: dict[str, Any]):
 
 
 COLORS = {"quasistatic": "C0", "descent-ascent": "C1", "wfr": "C2"}
+ANIMATION_SAMPLES = 400  # generator samples per GAN frame
+ANIMATION_DPI = 60
+# Crisp (not antialiased) lines and markers: far fewer colours, so the GIFs compress ~30% better.
+ANIMATION_RC = {"lines.antialiased": False, "patch.antialiased": False}
+
+
+def _write_gif(folder: OutputFolder, fig, name: str, draw, frames: int, fps: int = 8) -> str:
+    """Write ``draw(i)`` for ``i < frames`` as the GIF ``name`` (atomically) and close ``fig``."""
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import PillowWriter
+
+    target = folder.file(name)
+    tmp = target.with_name(f".{target.stem}.tmp.gif")  # Pillow picks the format by suffix
+    writer = PillowWriter(fps=fps)
+    with writer.saving(fig, str(tmp), dpi=ANIMATION_DPI):
+        for i in range(frames):
+            draw(i)
+            writer.grab_frame()
+    os.replace(tmp, target)
+    plt.close(fig)
+    return name
+
+
+def _cycling_animation(folder: OutputFolder, cycling: dict[str, Any], seed: int) -> str:
+    """The two clouds of ``sin(x − y)`` on the circle: descent–ascent vs quasistatic.
+
+    ``x`` (min) on the outer ring, ``y`` (max) on the inner one; a small fixed radial jitter
+    shows where particles pile up. The NI error of each frame is exact (``|ĉ_x| + |ĉ_y|``).
+    """
+    import matplotlib.pyplot as plt
+
+    shown = ("descent-ascent", "quasistatic")
+    runs = {m: cycling["runs"][m] for m in shown}
+    game = cycling["game"]
+    n = max(len(r.snapshots) for r in runs.values())
+    g = _gen(seed)
+    jitter_x = 1.0 + 0.05 * (2 * torch.rand(runs[shown[0]].x.shape[0], generator=g) - 1)
+    jitter_y = 0.7 + 0.05 * (2 * torch.rand(runs[shown[0]].y.shape[0], generator=g) - 1)
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    artists = {}
+    ring = np.linspace(0, 2 * math.pi, 200)
+    for ax, method in zip(axes, shown, strict=True):
+        for radius in (1.0, 0.7):
+            ax.plot(radius * np.cos(ring), radius * np.sin(ring), color="0.85", lw=0.8)
+        px = ax.scatter([], [], s=4, color="C0", lw=0)
+        py = ax.scatter([], [], s=4, color="C3", lw=0)
+        ax.set(xlim=(-1.15, 1.15), ylim=(-1.15, 1.15), aspect="equal", xticks=[], yticks=[])
+        artists[method] = (px, py, ax.set_title("", fontsize=9))
+    fig.suptitle("sin(x − y) on the circle: x (min) blue, outer ring; y (max) red, inner ring;"
+                 "\nuniform = equilibrium", fontsize=8)
+    fig.tight_layout()
+
+    def ring_points(theta: torch.Tensor, radius: torch.Tensor) -> np.ndarray:
+        t = theta[:, 0].double()
+        return torch.stack([radius * torch.cos(t), radius * torch.sin(t)], 1).numpy()
+
+    def draw(i: int) -> None:
+        for method, (px, py, title) in artists.items():
+            snaps = runs[method].snapshots
+            s = snaps[min(i * len(snaps) // n, len(snaps) - 1)]
+            px.set_offsets(ring_points(s.x, jitter_x.double()))
+            py.set_offsets(ring_points(s.y, jitter_y.double()))
+            title.set_text(f"{method}: step {s.step}, NI {game.ni_error(s.x, s.y):.2f}")
+
+    return _write_gif(folder, fig, "cycling_clouds.gif", draw, n)
+
+
+def _gan_animation(folder: OutputFolder, target_name: str, block: dict[str, Any]) -> str:
+    """Generator samples of each method (colour) against the target (grey), over training.
+
+    Every method had the same wall-clock budget, so frame ``i`` is about the same fraction of
+    it for all (the steps differ; each panel says which).
+    """
+    import matplotlib.pyplot as plt
+
+    reference = next(iter(block.values()))["target"].sample(
+        1000, generator=_gen(0), dtype=torch.float64).numpy()
+    n = max(len(block[m]["frames"]) for m in METHODS)
+    fig, axes = plt.subplots(1, len(METHODS), figsize=(7.5, 2.9))
+    artists = {}
+    for ax, method in zip(axes, METHODS, strict=True):
+        ax.scatter(reference[:, 0], reference[:, 1], s=2, color="0.75")
+        dots = ax.scatter([], [], s=3, color=COLORS[method])
+        ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xticks=[], yticks=[])
+        artists[method] = (dots, ax.set_title("", fontsize=8))
+    fig.suptitle(f"mixture of GANs on {target_name}: generator samples vs target (grey)",
+                 fontsize=9)
+    fig.tight_layout()
+
+    def draw(i: int) -> None:
+        for method, (dots, title) in artists.items():
+            frames = block[method]["frames"]
+            step, samples = frames[min(i * len(frames) // n, len(frames) - 1)]
+            finite = samples.double().numpy()
+            dots.set_offsets(finite[np.isfinite(finite).all(axis=1)])
+            title.set_text(f"{method}: step {step}")
+
+    return _write_gif(folder, fig, f"gan_{target_name}.gif", draw, n)
+
+
+def _animations(folder: OutputFolder, closed, gans, seed: int) -> list[str]:
+    import matplotlib
+
+    with matplotlib.rc_context(ANIMATION_RC):
+        names = [_cycling_animation(folder, closed["cycling"], seed)]
+        animated = [t for t, block in gans.items() if all(block[m]["frames"] for m in METHODS)]
+        if animated:
+            names.append(_gan_animation(folder, animated[0], gans[animated[0]]))
+    return names
 
 
 def _figures(folder: OutputFolder, closed, rps, gans) -> list[str]:
@@ -614,6 +746,14 @@ def _report(summary: dict[str, Any], frame, preset: Preset) -> str:
         "## Figures",
         "",
         *[f"![{stem}]({stem}.png)\n" for stem in summary["figures"]],
+        "## Animations",
+        "",
+        "The two particle clouds over the run (GIF, from the solver's snapshots; the frame "
+        "titles give the step). Cycling game: descent–ascent's clouds chase each other round "
+        "the circle while the quasistatic ones spread to the uniform equilibrium. GANs: each "
+        "method's generator samples against the target, over its wall-clock budget.",
+        "",
+        *[f"- [{name}]({name})\n\n  ![{name}]({name})\n" for name in summary["animations"]],
         "## Results",
         "",
         markdown_table(frame, cols),
@@ -665,7 +805,7 @@ def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
                 closed["torus"] = _torus(spec, seed, "cos", spec.torus_temperature, spec.steps)
             elif part == "cycling":
                 closed["cycling"] = _torus(spec, seed, "sin", spec.cycle_temperature,
-                                           spec.cycle_steps)
+                                           spec.cycle_steps, animate=True)
             elif part == "rps":
                 rps = _rps(spec, seed)
             else:
@@ -681,6 +821,7 @@ def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
     frame = _frame(final)
     folder.write_table("results.csv", frame)
     figures = _figures(folder, closed, rps, gans)
+    animations = _animations(folder, closed, gans, seed)
     curves = {game: {m: list(r.history) for m, r in block["runs"].items()}
               for game, block in closed.items()}
     curves["rps"] = {"wfr": list(rps["result"].history)}
@@ -688,7 +829,8 @@ def run(out: str | Path, *, preset: str | Preset = "quick", seed: int = 0,
         "experiment": NAME, "preset": preset_name, "seed": seed, "claim": CLAIM,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()},
         "final": final, "verdicts": verdict, "verdict": verdict["overall"],
-        "figures": figures, "curves": curves, "wall_time": time.perf_counter() - started,
+        "figures": figures, "animations": animations, "curves": curves,
+        "wall_time": time.perf_counter() - started,
     }
     folder.write_json("summary.json", summary)
     folder.write_text("report.md", _report(summary, frame, spec))

@@ -31,6 +31,10 @@ Everything is vectorised over particles: one payoff matrix per gradient evaluati
 ``∇ψ``/``∇φ`` by autograd of ``Σ_i ψ(x_i)`` and ``Σ_j φ(y_j)`` (row ``i`` of ``K`` depends on
 ``x_i`` only). Divergence (a non-finite particle or weight) stops the run with status
 ``"diverged"`` and returns the last finite state.
+
+On request (``snapshot_every``) the solver keeps copies of both clouds (and the weights for
+``"wfr"``) along the run, for animations; their number is capped (``max_snapshots``) by
+thinning, so memory stays bounded even for runs stopped by a time budget.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -56,12 +60,15 @@ Monitor = Callable[["GameState"], dict[str, float]]
 _OPTIONS = {
     "x_space", "y_space", "lr_y", "inner_steps", "inner_lr", "slow", "mirror_lr", "transport",
     "x_weights", "y_weights", "monitor", "record_every", "time_budget", "progress",
+    "snapshot_every", "max_snapshots",
 }
+DEFAULT_MAX_SNAPSHOTS = 100
 
 
 @dataclass(frozen=True)
 class GameState:
-    """What a monitor sees: particles, weights (``None`` if uniform), step and evaluations."""
+    """What a monitor sees (and what a snapshot holds): particles, weights (``None`` if
+    uniform), step and evaluations."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -71,6 +78,9 @@ class GameState:
     y_weights_avg: torch.Tensor | None
     step: int
     evaluations: int
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(GameState))
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,9 @@ class GameResult:
             compute: ``inner_steps + 1`` per quasistatic step, 1 for the others.
         history: one dict per record (``step``, ``evaluations``, ``time`` and the monitor's keys).
         wall_time: seconds.
+        snapshots: copies of the state (:class:`GameState`, weights only for ``"wfr"``) at
+            increasing steps, from step 0 to the final state, if ``snapshot_every`` was given;
+            else empty. Not included in :meth:`to_dict`.
     """
 
     x: torch.Tensor
@@ -105,13 +118,14 @@ class GameResult:
     evaluations: int
     history: tuple[dict[str, float], ...]
     wall_time: float
+    snapshots: tuple[GameState, ...] = ()
 
     @property
     def diverged(self) -> bool:
         return self.status == "diverged"
 
     def to_dict(self) -> dict[str, Any]:
-        return record_to_dict(self)
+        return record_to_dict(self, drop=("snapshots",))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,6 +260,15 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
             (default ``max(1, steps // 50)``) and at the end.
         time_budget: stop after this many seconds (status ``"time_budget"``).
         progress: tqdm progress bar (default ``False``).
+        snapshot_every: keep a copy of both clouds (and weights, ``"wfr"``) at step 0, every
+            ``snapshot_every`` steps and at the end, in ``result.snapshots`` (default ``None``:
+            none kept).
+        max_snapshots: cap on the snapshots kept (default 100, at least 2). When a new one
+            would exceed it, every other one is dropped and the interval doubles, so the kept
+            ones stay evenly spaced (steps ``0, s', 2s', ...`` with ``s'`` a power-of-two
+            multiple of ``snapshot_every``) plus the final state (which replaces the last
+            in-between one if the cap is reached); memory is at most ``max_snapshots`` copies
+            of the particles, whatever the number of steps (or the time budget).
 
     Returns:
         A :class:`GameResult` with ``.x``, ``.y`` (and weights for ``"wfr"``).
@@ -273,6 +296,16 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
     time_budget = options.get("time_budget")
     if time_budget is not None:
         _positive("time_budget", time_budget)
+    snapshot_every = options.get("snapshot_every")
+    if snapshot_every is not None and (isinstance(snapshot_every, bool)
+                                       or not isinstance(snapshot_every, int)
+                                       or snapshot_every < 1):
+        raise ValueError(f"snapshot_every must be an integer >= 1 or None, got {snapshot_every!r}")
+    max_snapshots = options.get("max_snapshots")
+    max_snapshots = DEFAULT_MAX_SNAPSHOTS if max_snapshots is None else max_snapshots
+    if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots < 2:
+        raise ValueError(f"max_snapshots must be an integer >= 2 (step 0 and the final state), "
+                         f"got {max_snapshots!r}")
     monitor: Monitor | None = options.get("monitor")
     if monitor is not None and not callable(monitor):
         raise TypeError("monitor must be a callable f(GameState) -> dict")
@@ -300,19 +333,39 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
             return uniform_x, uniform_y
         return torch.exp(log_wx), torch.exp(log_wy)
 
+    def state(step: int) -> GameState:
+        wx, wy = weights()
+        return GameState(x, y, wx if weighted else None, wy if weighted else None,
+                         avg_x if weighted and step > 0 else None,
+                         avg_y if weighted and step > 0 else None, step, evaluations)
+
+    snapshots: list[GameState] = []
+    snap_interval = snapshot_every
+
+    def snapshot(step: int) -> None:
+        nonlocal snap_interval
+        if snap_interval is None or step % snap_interval:
+            return
+        # Copies: the monitor and the caller must not be able to alter a kept state.
+        current = state(step)
+        snapshots.append(replace(current, **{
+            f: getattr(current, f).detach().clone() for f in _STATE_FIELDS
+            if isinstance(getattr(current, f), torch.Tensor)}))
+        if len(snapshots) > max_snapshots:  # thin: keep multiples of twice the interval
+            snap_interval *= 2
+            snapshots[:] = [kept for kept in snapshots if kept.step % snap_interval == 0]
+
     def record(step: int) -> None:
         if monitor is None:
             return
-        wx, wy = weights()
-        state = GameState(x, y, wx if weighted else None, wy if weighted else None,
-                          avg_x if weighted and step > 0 else None,
-                          avg_y if weighted and step > 0 else None, step, evaluations)
+        state_now = state(step)
         entry = {"step": step, "evaluations": evaluations,
                  "time": time.perf_counter() - started}
-        entry.update({k: float(v) for k, v in monitor(state).items()})
+        entry.update({k: float(v) for k, v in monitor(state_now).items()})
         history.append(entry)
 
     record(0)
+    snapshot(0)
     bar = None
     if options.get("progress"):
         from tqdm.auto import tqdm
@@ -367,6 +420,7 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
         out_of_time = time_budget is not None and time.perf_counter() - started > time_budget
         if k % record_every == 0 or k == steps or out_of_time:
             record(k)
+        snapshot(k)
         if out_of_time and k < steps:
             status = "time_budget"
             break
@@ -374,6 +428,11 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
         bar.close()
     if status == "diverged":
         record(done)
+    if snap_interval is not None and snapshots[-1].step != done:
+        if len(snapshots) == max_snapshots:  # the final state replaces the last in-between one
+            snapshots.pop()
+        snap_interval = 1
+        snapshot(done)
     wx, wy = weights()
     return GameResult(
         x=x, y=y, x_weights=wx if weighted else None, y_weights=wy if weighted else None,
@@ -381,5 +440,5 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
         y_weights_avg=avg_y if weighted and done > 0 else None,
         method=method, temperature=float(temperature), lr=float(lr), seed=seed, steps=done,
         status=status, evaluations=evaluations, history=tuple(history),
-        wall_time=time.perf_counter() - started,
+        wall_time=time.perf_counter() - started, snapshots=tuple(snapshots),
     )
