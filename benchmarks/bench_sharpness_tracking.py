@@ -10,6 +10,11 @@ evaluation), and the same split into the progressive-sharpening phase (before th
 first reaches 0.95·2/η) and the edge-of-stability phase (from then on), where the top
 eigenvalues cluster near 2/η and Lanczos needs more products whatever its start.
 
+Block warm start: the same run tracked a fourth time with ``SharpnessTracker(warm_block=3)``
+(the previous top 3 Ritz vectors seed a Rayleigh-Ritz basis grown by residuals,
+:func:`valleys.linalg.lanczos.block_eigsh`), same tolerance; and, for the top 3 eigenvalues,
+cold vs single-vector warm vs ``warm_block=6`` trackers on the first factor's run.
+
 Run: ``python benchmarks/bench_sharpness_tracking.py [--quick]`` (``--quick``: the quick
 preset; default: the quick preset's problem with 2000 steps). Writes
 ``benchmarks/out/sharpness_tracking.json``.
@@ -26,6 +31,25 @@ import dataclasses
 import _common as C
 
 from valleys.experiments import edge_of_stability as eos
+from valleys.experiments.common import torch_threads
+from valleys.train import SharpnessTracker
+
+BLOCK = 3  # previous Ritz vectors seeding a k = 1 evaluation
+BLOCK_TOP3 = 6  # ... and a k = 3 evaluation
+
+
+def _tracked(preset, lr: float, **kwargs) -> SharpnessTracker:
+    """Train the reproduction's GD run at ``lr`` with one tracker; return the tracker."""
+    with torch_threads(preset.threads):
+        obj = eos._objective(preset, 0)
+        tracker = SharpnessTracker(obj, every=preset.sharpness_every, tol=preset.tol, seed=0,
+                                   **kwargs)
+        eos._train(obj, {"optimizer": "gd", "lr": lr}, preset, 0, [tracker])
+    return tracker
+
+
+def _per_eval(tracker: SharpnessTracker) -> float:
+    return tracker.total_matvecs / len(tracker.history)
 
 
 def _phases(result: dict, threshold: float) -> dict:
@@ -57,17 +81,31 @@ def main() -> None:
         threshold = 2.0 / result["lr"]
         result["phases"] = _phases(result, threshold)
         results.append({"factor": factor, **result})
+        block = _tracked(preset, result["lr"], warm_block=BLOCK)
+        result["block_history"] = block.history
+        result["matvecs_per_evaluation_block"] = _per_eval(block)
+        result["block_saving"] = result["matvecs_cold"] / block.total_matvecs
+        result["phases_block"] = _phases({"warm_history": block.history,
+                                          "cold_history": result["cold_history"]}, threshold)
         ph = result["phases"]
         rows.append([factor, result["lr"], result["steps"], result["evaluations"],
                      result["untracked_cpu_s"], result["tracked_warm_cpu_s"],
                      result["overhead_warm_cpu"], result["overhead_cold_cpu"],
                      result["overhead_warm"], result["matvecs_per_evaluation_warm"],
                      result["matvecs_per_evaluation_cold"], result["matvec_saving"],
-                     ph["sharpening"]["saving"], ph["eos"]["saving"]])
+                     ph["sharpening"]["saving"], ph["eos"]["saving"],
+                     result["matvecs_per_evaluation_block"], result["block_saving"],
+                     result["phases_block"]["eos"]["saving"]])
     headers = ["2/η ÷ a₀", "η", "steps", "evals", "untracked CPU s", "tracked CPU s",
                "overhead warm (CPU)", "overhead cold (CPU)", "overhead warm (wall)",
                "HVP/eval warm", "HVP/eval cold", "saving", "saving sharpening",
-               "saving EoS"]
+               "saving EoS", f"HVP/eval block m={BLOCK}", "saving block",
+               "saving block EoS"]
+    top3 = {name: _tracked(preset, results[0]["lr"], k=3, **kw) for name, kw in (
+        ("cold", {"warm_start": False}), ("warm", {}), ("block", {"warm_block": BLOCK_TOP3}))}
+    top3_row = [results[0]["factor"], *(_per_eval(t) for t in top3.values()),
+                top3["cold"].total_matvecs / top3["warm"].total_matvecs,
+                top3["cold"].total_matvecs / top3["block"].total_matvecs]
     lines = [
         "# Sharpness tracking every 10 steps on the edge-of-stability reproduction",
         "",
@@ -79,11 +117,18 @@ def main() -> None:
         "",
         "saving = cold-start HVPs / warm-start HVPs on the same iterates and tolerance; "
         "overhead = tracked time / untracked − 1 (CPU time of this process; wall time beside).",
+        "",
+        "Top 3 eigenvalues, same run as the first row:",
+        "",
+        C.markdown_table(["2/η ÷ a₀", "HVP/eval cold", "HVP/eval warm",
+                          f"HVP/eval block m={BLOCK_TOP3}", "saving warm", "saving block"],
+                         [top3_row]),
         C.load_line(),
     ]
     print("\n".join(lines))
     path = C.write_json(args.out, "sharpness_tracking", {
         "preset": dataclasses.asdict(preset), "results": results,
+        "top3": {name: t.history for name, t in top3.items()},
         "others_share": load.others_share(), "report": "\n".join(lines),
     })
     print(f"\nwrote {path}")

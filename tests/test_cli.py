@@ -73,3 +73,25 @@ def test_reproduce_refuses_torchrun():
     result = run_cli("reproduce", "linear-stability", "--quick", env_extra={"WORLD_SIZE": "2"})
     assert result.returncode == 2
     assert "runs on one process" in result.stderr
+
+
+def test_curvature_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 -m valleys curvature --distributed` (gloo, uneven shards)."""
+    args = ["curvature", "--problem", "digits-mlp", "-k", "2", "--probes", "1",
+            "--lanczos-steps", "10", "--trace-matvecs", "9", "--dtype", "float64", "--json"]
+    single = run_cli(*args, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    sharded = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "valleys", *args, "--distributed",
+         "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    one = json.loads(single.stdout)
+    two = json.loads((tmp_path / "two" / "curvature.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["n"] == one["n"]
+    assert two["sharpness"] == pytest.approx(one["sharpness"], rel=1e-8)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-10)
+    assert not (tmp_path / "two" / "curvature.json.tmp").exists()

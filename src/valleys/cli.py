@@ -227,12 +227,12 @@ def reproduce(
         for known in sorted(EXPERIMENTS):
             typer.echo(known)
         return
-    experiment = get_experiment(name)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError(
             "valleys reproduce runs on one process (its experiments build their own objectives, "
             "so every rank would repeat the whole run); launch it without torchrun"
         )
+    experiment = get_experiment(name)
     preset = "quick" if quick else "full"
     folder = out or Path("results") / name
     experiment.run(folder, preset=preset, seed=seed, progress=True)

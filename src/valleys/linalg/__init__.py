@@ -1,7 +1,7 @@
 """Pure-torch solvers on :class:`~valleys.operators.base.LinearOperator`: extreme eigenpairs,
 traces and spectral densities. They run on the operator's device and dtype and count matvecs."""
 
-from valleys.linalg.lanczos import eigsh, power_iteration
+from valleys.linalg.lanczos import block_eigsh, eigsh, power_iteration
 from valleys.linalg.results import EigshResult, SpectralDensity, TraceResult
 from valleys.linalg.slq import spectral_density
 from valleys.linalg.trace import trace
@@ -10,6 +10,7 @@ __all__ = [
     "EigshResult",
     "SpectralDensity",
     "TraceResult",
+    "block_eigsh",
     "eigsh",
     "power_iteration",
     "spectral_density",

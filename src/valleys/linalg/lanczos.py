@@ -16,7 +16,7 @@ import torch
 from valleys.linalg.results import EigshResult
 from valleys.operators.base import LinearOperator
 
-__all__ = ["eigsh", "power_iteration"]
+__all__ = ["block_eigsh", "eigsh", "power_iteration"]
 
 _WHICH = ("largest", "smallest", "magnitude")
 # β below this many machine epsilons times ‖A q‖ is rounding noise: the Krylov space is invariant.
@@ -104,6 +104,20 @@ def _apply(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
             "(e.g. evaluate in float64) before computing its spectrum"
         )
     return w
+
+
+def _apply_block(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
+    """``A V`` for a block, with the checks of :func:`_apply`."""
+    W = op.matmat(V.clone(memory_format=torch.contiguous_format))
+    if not isinstance(W, torch.Tensor) or W.shape != V.shape or W.dtype != V.dtype:
+        raise ValueError(f"{op!r} returned a wrong result for a block of shape {tuple(V.shape)}; "
+                         "fix its matmat")
+    if not torch.isfinite(W).all():
+        raise ValueError(
+            f"the operator {op!r} produced NaN/inf; check the model/loss for overflow "
+            "(e.g. evaluate in float64) before computing its spectrum"
+        )
+    return W
 
 
 def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
@@ -352,6 +366,156 @@ def eigsh(
         restarts=restarts,
         wall_time=time.perf_counter() - t0,
     )
+
+
+def block_eigsh(
+    op: LinearOperator,
+    V0: torch.Tensor,
+    k: int = 1,
+    which: str = "largest",
+    *,
+    tol: float = 1e-4,
+    max_matvecs: int | None = None,
+    ncv: int | None = None,
+    seed: int | None = 0,
+) -> tuple[EigshResult, torch.Tensor]:
+    """``k`` extreme eigenpairs from a *block* of start vectors (warm starts of a sequence).
+
+    Algorithm: Rayleigh-Ritz on a growing orthonormal basis ``Q`` whose products ``A Q`` are
+    kept. The basis starts as the span of ``V0`` (``m`` columns, ``m`` matvecs); each further
+    matvec adds the residual ``A y − θ y`` of the least converged wanted Ritz pair,
+    orthogonalized twice against ``Q``. This is Davidson's method without a preconditioner
+    (E. R. Davidson, J. Comput. Phys. 17, 1975; Y. Saad, *Numerical Methods for Large
+    Eigenvalue Problems*, 2nd ed., SIAM 2011, §11.2): started from one vector it spans the
+    same Krylov spaces as Lanczos; started from the previous evaluation's top ``m`` Ritz
+    vectors it keeps the nearby eigendirections in the space from the first product. When the
+    basis reaches ``ncv`` vectors it is restarted with the best Ritz vectors (no products lost).
+
+    It stops when every wanted Ritz pair satisfies ``‖A y_i − θ_i y_i‖ ≤ tol · |θ_i|``,
+    the criterion of :func:`eigsh`; here the residuals are computed from the stored products,
+    not from a recurrence (the same eps-level rounding caveat applies). Like any warm start,
+    a block within ``tol`` of non-extreme eigenvectors can be accepted as is: perturb ``V0``.
+    An eigenvalue of multiplicity ``r`` is found ``min(r, m)`` times at most in exact
+    arithmetic (there is no breakdown rule as in :func:`eigsh`): for the full multiplicity
+    use a block at least that wide.
+
+    Args:
+        op: a symmetric :class:`~valleys.operators.base.LinearOperator` of size ``p``.
+        V0: ``(p, m)`` start block (``m >= 1``, any scaling; linearly dependent columns are
+            dropped), in the operator's dtype.
+        k: number of eigenpairs, ``1 <= k < p``.
+        which: ``"largest"``, ``"smallest"`` or ``"magnitude"`` (as in :func:`eigsh`).
+        tol: relative residual tolerance.
+        max_matvecs: budget (default ``max(20 * ncv, 1000)``).
+        ncv: largest basis size (default ``max(m + 20, 2k + 1)``, capped at ``p``).
+        seed: seeds the random vectors used after a breakdown.
+
+    Returns:
+        The :class:`~valleys.linalg.results.EigshResult` (``method="block-davidson"``) and all
+        Ritz vectors of the final basis, most wanted first, a ``(p, n)`` tensor with
+        ``n <= ncv`` (the next warm start: its first ``m`` columns).
+    """
+    t0 = time.perf_counter()
+    _check_operator(op, "block_eigsh")
+    p = op.size
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k < p:
+        raise ValueError(f"k must be an integer with 1 <= k < p = {p}, got {k!r}")
+    k = int(k)
+    if which not in _WHICH:
+        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+    tol = _check_tol(tol)
+    _check_seed(seed)
+    if not isinstance(V0, torch.Tensor) or V0.ndim != 2 or V0.shape[0] != p or V0.shape[1] < 1:
+        raise ValueError(f"V0 must be a tensor of shape ({p}, m) with m >= 1, got "
+                         f"{tuple(getattr(V0, 'shape', ()))}")
+    if V0.dtype != op.dtype:
+        raise TypeError(f"V0 must have the operator's dtype {op.dtype}, got {V0.dtype}")
+    if not torch.isfinite(V0).all():
+        raise ValueError("V0 must be finite")
+    ncv = max(V0.shape[1] + 20, 2 * k + 1) if ncv is None else _check_count(ncv, "ncv", k + 2)
+    ncv = min(max(ncv, k + 2), p)
+    if max_matvecs is None:
+        max_matvecs = max(20 * ncv, 1000)
+    max_matvecs = _check_count(max_matvecs, "max_matvecs", k)
+    n_keep = min(max(k + (ncv - k) // 2, V0.shape[1]), ncv - 1)
+    gen = _generator(op.device, seed)
+    eps = torch.finfo(op.dtype).eps
+
+    # Orthonormal basis of span(V0) (columns below rounding level relative to the largest
+    # are dependent and dropped); start over from a random vector if nothing is left.
+    U, sv, _ = torch.linalg.svd(V0.to(op.device)[:, :ncv], full_matrices=False)
+    Q = U[:, sv > 100 * eps * sv.max()] if bool(sv.max() > 0) else U[:, :0]
+    if Q.shape[1] == 0:
+        Q = torch.randn(p, 1, generator=gen, dtype=op.dtype, device=op.device)
+        Q = Q / torch.linalg.vector_norm(Q)
+    AQ = _apply_block(op, Q)
+    matvecs = Q.shape[1]
+    restarts = 0
+    converged = False
+    while True:
+        G = (Q.T @ AQ).double().cpu()
+        theta, S = torch.linalg.eigh(0.5 * (G + G.T))
+        order = _order(theta, which)
+        theta, S = theta[order], S[:, order]
+        Sk = S[:, :k].to(dtype=op.dtype, device=op.device)
+        Y = Q @ Sk
+        R = AQ @ Sk - Y * theta[:k].to(dtype=op.dtype, device=op.device)
+        resid = torch.linalg.vector_norm(R, dim=0).double().cpu()
+        if Q.shape[1] >= k:
+            floor = eps ** (2 / 3) * float(theta.abs().max())
+            rel = resid / theta[:k].abs().clamp(min=floor)
+            if bool((rel <= tol).all()) or Q.shape[1] == p:  # p: the Ritz pairs are exact
+                converged = True
+                break
+        else:
+            rel = torch.full((k,), math.inf, dtype=torch.float64)
+        if matvecs >= max_matvecs:
+            break
+        if Q.shape[1] >= ncv:
+            keep = S[:, :n_keep].to(dtype=op.dtype, device=op.device)
+            Q, AQ = Q @ keep, AQ @ keep
+            restarts += 1
+        # Expand with the residual of the least converged wanted pair (of the top pair while
+        # the basis has fewer than k vectors); after a breakdown (the residual lies in the
+        # basis: the space is invariant) with a random vector.
+        j = int(torch.argmax(rel)) if Q.shape[1] >= k else 0
+        r = R[:, j].clone() if j < R.shape[1] else torch.zeros(p, dtype=op.dtype,
+                                                               device=op.device)
+        for attempt in range(2):
+            for _ in range(2):
+                r = r - Q @ (Q.T @ r)
+            norm = float(torch.linalg.vector_norm(r))
+            if norm > _BREAKDOWN * eps * max(float(theta.abs().max()), 1e-300) or attempt:
+                break
+            r = torch.randn(p, generator=gen, dtype=op.dtype, device=op.device)
+        q = (r / torch.linalg.vector_norm(r))[:, None]
+        Q = torch.cat([Q, q], dim=1)
+        AQ = torch.cat([AQ, _apply_block(op, q)], dim=1)
+        matvecs += 1
+
+    if not converged:
+        warnings.warn(
+            f"block_eigsh did not converge to tol={tol:g} within {matvecs} matvecs (largest "
+            f"relative residual {_worst(resid, theta[:k]):.2e}); returning the current Ritz "
+            "pairs with converged=False. Raise max_matvecs or ncv, or loosen tol.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    ritz = Q @ S.to(dtype=op.dtype, device=op.device)
+    result = EigshResult(
+        values=theta[:k].to(dtype=op.dtype, device=op.device),
+        vectors=ritz[:, :k].clone(),
+        residuals=resid.to(dtype=op.dtype, device=op.device),
+        matvecs=matvecs,
+        converged=converged,
+        tol=tol,
+        which=which,
+        method="block-davidson",
+        seed=None if seed is None else int(seed),
+        restarts=restarts,
+        wall_time=time.perf_counter() - t0,
+    )
+    return result, ritz
 
 
 def power_iteration(

@@ -36,7 +36,9 @@ class EigshResult:
             when not).
         tol: the requested relative tolerance.
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
-        method: ``"lanczos"`` or ``"power"``.
+        method: ``"lanczos"``, ``"power"`` or ``"block-davidson"``
+            (:func:`~valleys.linalg.lanczos.block_eigsh`; its residuals are computed from stored
+            products).
         seed: seed of the random start vector (``None``: unseeded).
         restarts: number of thick restarts.
         wall_time: seconds spent in the solver.
