@@ -162,3 +162,24 @@ def test_rerun_resumes_without_training(quick):
     records = ResultsStore(out / "runs.sqlite").records("input-smoothness-quick")
     assert len(records) == len(first["runs"])
     assert all(rec["attempts"] == 1 for rec in records)
+
+
+def test_a_perfect_fall_is_not_listed_as_a_disagreement():
+    """scipy returns ρ = −1 + O(eps) for a monotone fall; only real exceptions are listed."""
+    from valleys.experiments.input_smoothness import _disagreements
+
+    def entry(rho):
+        return {"rho": rho, "p": 0.01, "n": 5}
+
+    analysis = {
+        "spearman_gx_lr_within_batch": {"8": entry(-0.9999999999999999), "16": entry(-0.5)},
+        "spearman_gx_inv_batch_within_lr": {"0.1": entry(-1.0), "0.2": entry(0.3)},
+        "robust_rises_with_lr": {},
+        "spearman_robust_lr": {},
+        "bound_holds_interpolating": True,
+        "counts": {"diverged": 0, "max_steps": 0, "failed": 0},
+    }
+    lines = "\n".join(_disagreements(analysis))
+    assert "B = 8" not in lines and "η = 0.1" not in lines
+    assert "at B = 16, g_x(1) is not monotone" in lines
+    assert "at η = 0.2, g_x(1) does not fall" in lines
