@@ -108,3 +108,33 @@ def test_verdict_rules():
     verdict = sva._verdict_sde(sde)
     assert verdict["verdict"] == "partly agrees" and verdict["exponent_within_tol"] == [True, False]
     assert not math.isnan(sva.EXPONENT_TOL)
+
+
+def test_checkpoints_keep_adams_own_second_moment():
+    """The preconditioner of Adam's noise is torch's own denominator at the checkpoint."""
+    import torch
+    from torch import nn
+
+    import valleys
+    from valleys.experiments.sgd_vs_adam import _Checkpoints
+    from valleys.train import optimizer_preconditioner, train
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,))
+    obj = valleys.Objective(nn.Linear(5, 3).double(), "ce", (X, y))
+    seen = {}
+
+    class Denominator:  # runs after _Checkpoints at the same step
+        def setup(self, context):
+            self.context = context
+
+        def __call__(self, step, theta):
+            if step == 6:
+                seen["P"] = optimizer_preconditioner(self.context.optimizer, self.context.param)
+
+    keep = _Checkpoints({6})
+    train(obj, optimizer="adam", lr=0.01, steps=8, batch_size=8, seed=0, record_every=2,
+          callbacks=[keep, Denominator()])
+    assert set(keep.thetas) == {6} and set(keep.second_moments) == {6}
+    P = keep.second_moments[6].sqrt() + 1e-8
+    assert torch.allclose(P, seen["P"], rtol=1e-12, atol=0)

@@ -17,7 +17,7 @@ optimizer gets the same number of steps and a learning-rate grid of the same siz
 customary value; the run with the lowest final *training* loss is selected (a rule on training
 data only, fixed before any run). Along the selected runs, at evenly spaced checkpoints, the
 tail index of (SGD) the mini-batch gradient noise ``g_b − g`` and (Adam) Adam's effective noise
-``P^{-1} m_ξ`` (preconditioned with the stationary ``v`` at θ and averaged with ``β₁``), both
+``P^{-1} m_ξ`` (preconditioned with Adam's own ``v̂`` at that step and averaged with ``β₁``), both
 flattened to scalars over the parameters as in Şimşekli et al. (2019); for Adam also the raw
 and only-preconditioned noise, to separate the two mechanisms. At the solutions: sharpness,
 non-uniformity (``valleys.sharpness``) and test accuracy. (ii) SDEs (``valleys.sde``): mean exit
@@ -152,22 +152,40 @@ def _objective(train_data, p: Preset, seed: int):
     return Objective(model, "ce", train_data)
 
 
+class _Checkpoints:
+    """Callback: θ at the checkpoint steps and, for Adam, its bias-corrected ``v̂`` there."""
+
+    def __init__(self, marks: set[int]) -> None:
+        self.marks = marks
+        self.thetas: dict[int, torch.Tensor] = {}
+        self.second_moments: dict[int, torch.Tensor] = {}
+        self.context = None
+
+    def setup(self, context) -> None:
+        self.context = context
+
+    def __call__(self, step: int, theta: torch.Tensor) -> None:
+        if step not in self.marks:
+            return
+        self.thetas[step] = theta.clone()
+        optimizer, param = self.context.optimizer, self.context.param
+        state = optimizer.state.get(param, {})
+        if "exp_avg_sq" in state:  # torch's denominator is sqrt(v / (1 − β₂^t)) + eps
+            beta2 = optimizer.param_groups[0]["betas"][1]
+            correction = 1.0 - beta2 ** float(state["step"])
+            self.second_moments[step] = state["exp_avg_sq"].detach() / correction
+
+
 def _train(obj, optimizer: str, lr: float, p: Preset, seed: int):
-    """Train from the shared initialization, keeping θ at the checkpoint steps."""
+    """Train from the shared initialization, keeping θ (and Adam's v̂) at the checkpoints."""
     from valleys.train import train
 
     every = p.record_every
     grid = np.linspace(0, p.steps, p.checkpoints + 1)[1:]
-    marks = {round(float(s) / every) * every for s in grid}
-    kept: dict[int, torch.Tensor] = {}
-
-    def keep(step: int, theta: torch.Tensor) -> None:
-        if step in marks:
-            kept[step] = theta.clone()
-
+    keep = _Checkpoints({round(float(s) / every) * every for s in grid})
     result = train(obj, optimizer=optimizer, lr=lr, steps=p.steps, batch_size=p.batch_size,
                    sampling="subset", seed=seed, record_every=every, callbacks=[keep])
-    return result, kept
+    return result, keep
 
 
 def _flat_scalars(samples: torch.Tensor, p: Preset, seed: int) -> torch.Tensor:
@@ -187,14 +205,18 @@ def _tail(samples: torch.Tensor, p: Preset, seed: int) -> dict[str, Any]:
     return {"alpha": r.alpha, "low": r.interval[0], "high": r.interval[1], "n": r.n_used}
 
 
-def _noise_tails(obj, theta, optimizer: str, p: Preset, seed: int) -> dict[str, Any]:
+def _noise_tails(obj, theta, optimizer: str, p: Preset, seed: int,
+                 v: torch.Tensor | None = None) -> dict[str, Any]:
+    """Tail indices of the noise at θ; for Adam, preconditioned with ``v`` (its own v̂ at that
+    step), or with the stationary second moment at θ when the optimizer had no state."""
     from valleys.noise import adam_noise_samples, minibatch_noise, stationary_second_moment
 
     xi = minibatch_noise(obj, theta, batch_size=p.batch_size, num_batches=p.noise_batches,
                          seed=seed)
     out = {"raw": _tail(xi, p, seed)}
     if optimizer == "adam":
-        v = stationary_second_moment(obj, theta, batch_size=p.batch_size)
+        if v is None:
+            v = stationary_second_moment(obj, theta, batch_size=p.batch_size)
         out["preconditioned"] = _tail(adam_noise_samples(xi, v, average=False), p, seed)
         out["effective"] = _tail(adam_noise_samples(xi, v, beta1=p.beta1), p, seed)
     else:
@@ -248,8 +270,9 @@ def _network_part(p: Preset, seed: int, bar) -> tuple[list[dict], list[dict], li
                 if row["dataset"] == ds and row["optimizer"] == optimizer:
                     row["selected"] = row["lr"] == lr
             tails = {}
-            for step in sorted(kept):
-                tails[step] = _noise_tails(obj, kept[step], optimizer, p, seed + step)
+            for step in sorted(kept.thetas):
+                tails[step] = _noise_tails(obj, kept.thetas[step], optimizer, p, seed + step,
+                                           kept.second_moments.get(step))
                 for kind, t in tails[step].items():
                     trajectory.append({"dataset": ds, "optimizer": optimizer, "step": step,
                                        "noise": kind, "alpha_hat": t["alpha"],
@@ -563,8 +586,8 @@ differences are ties).
   {p['noise_batches']} mini-batch noise samples flattened over (at most {p['max_scalars']})
   scalars, {p['bootstrap']} bootstrap resamples, at {p['checkpoints']} checkpoints.
   SGD: ξ = g_b − g.
-  Adam: effective noise P⁻¹·EMA_β₁(ξ), P = diag(√v + 1e-8) with v = g² + c·diag(C) (the
-  stationary second moment at θ; the optimizer's own state is not exposed by ``train``); the
+  Adam: effective noise P⁻¹·EMA_β₁(ξ), P = diag(√v̂ + 1e-8) with v̂ the optimizer's own
+  bias-corrected second moment at that checkpoint (torch's denominator); the
   "raw" column is g_b − g on Adam's trajectory and "preconditioned" is P⁻¹ξ without averaging.
 * SDEs: double well φ(x) = ((x/a)² − 1)² − 1, basin W = (−2a, 0) of the left minimum; Euler
   steps dt = {p['sde_dt']}, {p['sde_paths']} paths, step cap {p['sde_max_steps']} (censored paths
