@@ -91,6 +91,7 @@ def test_curvature_under_torchrun_matches_one_process(tmp_path):
     one = json.loads(single.stdout)
     two = json.loads((tmp_path / "two" / "curvature.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
+    assert two["backend"] == "gloo" and one["backend"] is None
     assert two["n"] == one["n"]
     assert two["sharpness"] == pytest.approx(one["sharpness"], rel=1e-8)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-10)

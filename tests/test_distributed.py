@@ -271,3 +271,30 @@ def test_per_sample_paths_refuse_a_sharded_objective(monkeypatch):
     ):
         with pytest.raises(ValueError, match="does not accept a distributed Objective"):
             call()
+
+
+def test_init_refuses_more_nccl_processes_than_gpus(monkeypatch):
+    """With NCCL, LOCAL_RANK must name a visible GPU; say so instead of a bare CUDA error."""
+    env = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+           "LOCAL_RANK": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"one process per GPU.*LOCAL_RANK=1"):
+        vdist.init("nccl")
+    assert not torch.distributed.is_initialized()
+
+
+def test_nccl_stages_cpu_bookkeeping_through_the_gpu_but_refuses_a_cpu_model(monkeypatch):
+    """Under NCCL the objective's CPU handshake rows go through the rank's GPU (found on an
+    H200: refusing them made every NCCL objective fail); a model on the CPU is refused."""
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert vdist.collective_device(torch.device("cpu")) == torch.device("cuda", 0)
+    assert vdist.collective_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="NCCL backend reduces CUDA tensors"):
+        vdist.check_model_device(torch.device("cpu"))
+    vdist.check_model_device(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a, **k: "gloo")
+    assert vdist.collective_device(torch.device("cuda", 0)) == torch.device("cpu")
+    vdist.check_model_device(torch.device("cpu"))

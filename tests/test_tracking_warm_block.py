@@ -1,6 +1,6 @@
-"""Block warm starts of sharpness tracking: ``block_eigsh`` against dense eigensolvers, the
-``SharpnessTracker(warm_block=m)`` option against a dense torch.func Hessian, and the saving of
-warm blocks over cold starts on a slowly drifting sequence of matrices."""
+"""Block warm starts of sharpness tracking (the default): ``block_eigsh`` against dense
+eigensolvers, ``SharpnessTracker(warm_block=m)`` against a dense torch.func Hessian, and the
+saving of warm blocks over cold starts on a slowly drifting sequence of matrices."""
 
 from __future__ import annotations
 
@@ -189,6 +189,19 @@ def test_tracker_warm_block_saves_matvecs_and_is_reproducible():
     again, frame2 = run(warm_block=3)
     assert again.total_matvecs == block.total_matvecs
     assert frame2["sharpness"].tolist() == frame["sharpness"].tolist()
+    default, _ = run()  # the default warm start is this block of 2k + 1 = 3 vectors
+    assert default.warm_block == 3 and default.history == block.history
+    _, single_frame = run(warm_block=1)
+    assert torch.allclose(torch.tensor(single_frame["sharpness"].values),
+                          torch.tensor(cold_frame["sharpness"].values), rtol=1e-5)
+
+
+def test_default_warm_block_is_2k_plus_1_below_the_dimension():
+    obj, _, _ = tiny_problem()
+    assert SharpnessTracker(obj, k=1).warm_block == 3
+    assert SharpnessTracker(obj, k=4).warm_block == 9
+    assert SharpnessTracker(obj, k=obj.dim - 1).warm_block == obj.dim - 1
+    assert SharpnessTracker(obj, k=2, warm_start=False).warm_block is None
 
 
 def test_tracker_warm_block_validation():

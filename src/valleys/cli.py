@@ -151,6 +151,7 @@ def curvature(
 
     loss = float(obj.loss())  # every rank takes part in the sum
     processes = vdist.world_size()
+    backend = torch.distributed.get_backend() if distributed else None
     if distributed:
         torch.distributed.destroy_process_group()
     if not main_rank:
@@ -168,6 +169,7 @@ def curvature(
         "device": device,
         "seed": seed,
         "processes": processes,
+        "backend": backend,
         "sharpness": float(eig.values[0]),
         "eigenvalues": eig.to_dict(),
         "trace": tr.to_dict(),

@@ -33,6 +33,7 @@ __all__ = [
     "all_gather_rows",
     "all_reduce_sum",
     "broadcast_parameters",
+    "check_model_device",
     "collective_device",
     "default_device",
     "init",
@@ -108,7 +109,15 @@ def init(
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            local_rank, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if local_rank >= visible:
+                # NCCL needs one GPU per process; set_device would fail with a bare CUDA error.
+                raise ValueError(
+                    f"NCCL runs one process per GPU, but LOCAL_RANK={local_rank} and only "
+                    f"{visible} CUDA device(s) are visible; launch at most {visible} processes "
+                    "per node (torchrun --nproc_per_node), or use backend='gloo'"
+                )
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=seconds))
     return default_device()
 
@@ -121,18 +130,32 @@ def default_device() -> torch.device:
 
 
 def collective_device(device: torch.device) -> torch.device:
-    """Where a collective on tensors of ``device`` runs: NCCL on CUDA, gloo on the CPU."""
+    """Where a collective on tensors of ``device`` runs: NCCL on CUDA, gloo on the CPU.
+
+    Under NCCL, CPU tensors (the small bookkeeping rows of the objective's handshake) are staged
+    through this rank's current GPU; the model itself must be on a GPU
+    (:func:`check_model_device`).
+    """
     backend = dist.get_backend()
     if backend == "nccl":
         if device.type != "cuda":
-            raise ValueError(
-                f"the NCCL backend reduces CUDA tensors, but the model is on {device}; move it "
-                "to valleys.distributed.default_device() or use the gloo backend"
-            )
+            return torch.device("cuda", torch.cuda.current_device())
         return device
     if backend == "gloo":
         return torch.device("cpu")
     return device  # mixed ("cpu:gloo,cuda:nccl") or other backends dispatch by device
+
+
+def check_model_device(device: torch.device) -> None:
+    """Refuse a model on the CPU under NCCL, which reduces CUDA tensors only.
+
+    (Staging every product through the GPU would hide a slow, probably unintended setup.)
+    """
+    if "nccl" in dist.get_backend() and device.type != "cuda":
+        raise ValueError(
+            f"the NCCL backend reduces CUDA tensors, but the model is on {device}; move it "
+            "to valleys.distributed.default_device() or use the gloo backend"
+        )
 
 
 def shard_bounds(n: int, rank_: int | None = None, world_size_: int | None = None) -> range:

@@ -140,6 +140,10 @@ class Objective:
         if not self.dtype.is_floating_point:
             raise TypeError(f"parameters must be floating point, got {self.dtype}")
         self.device = variable[0].device
+        if self.distributed:
+            from valleys import distributed as vdist
+
+            vdist.check_model_device(self.device)
         self.shapes = [p.shape for p in variable]
         self.numels = [p.numel() for p in variable]
         self.dim = sum(self.numels)

@@ -14,11 +14,12 @@ square loss ``½Σ_k (f_k − y_k)²`` against one-hot targets (Cohen et al.'s `
 their code. GD learning rates are set so that the threshold ``2/η`` is a fixed multiple of the
 initial sharpness ``a₀`` (the network has to sharpen to reach it); heavy ball's ``η`` puts its
 threshold at a multiple of ``a₀`` too; Adam runs at a fixed ``η``. The sharpness (and, for Adam,
-the preconditioned sharpness) is tracked every ``sharpness_every`` steps by warm-started Lanczos
-(:class:`~valleys.train.SharpnessTracker`); for one GD run the distance from gradient flow at
-equal time ``t = kη`` is followed (:class:`~valleys.train.FlowDistance`). The cost of tracking
-(wall time against an untracked run, and matvecs of warm against cold Lanczos starts on the same
-iterates) is measured and reported.
+the preconditioned sharpness) is tracked every ``sharpness_every`` steps, warm-started from the
+previous top Ritz vectors (:class:`~valleys.train.SharpnessTracker`); for one GD run the
+distance from gradient flow at equal time ``t = kη`` is followed
+(:class:`~valleys.train.FlowDistance`). The cost of tracking (wall time against an untracked run,
+and matvecs of warm starts against cold-started Lanczos on the same iterates) is measured and
+reported.
 """
 
 from __future__ import annotations
@@ -304,11 +305,11 @@ def measure_tracking_cost(preset: str | Preset = "quick", seed: int = 0,
     """Cost of sharpness tracking on one GD run of the reproduction.
 
     Runs GD at ``2/η = factor · a₀`` (default: the preset's first factor) on the same iterates
-    untracked, tracked every ``sharpness_every`` steps with warm-started Lanczos, and (``cold``)
-    tracked with random starts at the same tolerance. Returns the wall times of the training
-    loops (and CPU times of this process, less sensitive to other tenants), the overhead
-    ``tracked/untracked − 1``, the Lanczos matvecs of both trackers and,
-    per evaluation, their history (step, matvecs).
+    untracked, tracked every ``sharpness_every`` steps with the tracker's default warm start,
+    and (``cold``) tracked with random-start Lanczos at the same tolerance. Returns the wall
+    times of the training loops (and CPU times of this process, less sensitive to other
+    tenants), the overhead ``tracked/untracked − 1``, the Hessian-vector products of both
+    trackers and, per evaluation, their history (step, matvecs).
     """
     from valleys import eigsh, hessian
 
@@ -381,15 +382,15 @@ def _report(summary: dict[str, Any]) -> str:
     if "matvecs_cold" in perf:
         cold = (f"(overhead {perf['overhead_warm']:.0%}; with cold starts "
                 f"{perf['overhead_cold']:.0%}; in CPU time {perf['overhead_warm_cpu']:.0%} and "
-                f"{perf['overhead_cold_cpu']:.0%}). Lanczos matvecs: {perf['matvecs_warm']} "
-                f"warm-started against {perf['matvecs_cold']} cold "
+                f"{perf['overhead_cold_cpu']:.0%}). Hessian-vector products: "
+                f"{perf['matvecs_warm']} warm-started against {perf['matvecs_cold']} cold "
                 f"({perf['matvecs_per_evaluation_warm']:.1f} against "
                 f"{perf['matvecs_per_evaluation_cold']:.1f} per evaluation, "
                 f"{perf['matvec_saving']:.2f}× fewer)")
     else:
         cold = (f"(overhead {perf['overhead_warm']:.0%}, in CPU time of this process "
-                f"{perf['overhead_warm_cpu']:.0%}); {perf['matvecs_warm']} Lanczos "
-                f"matvecs, {perf['matvecs_per_evaluation_warm']:.1f} per evaluation (cold "
+                f"{perf['overhead_warm_cpu']:.0%}); {perf['matvecs_warm']} Hessian-vector "
+                f"products, {perf['matvecs_per_evaluation_warm']:.1f} per evaluation (cold "
                 "starts for comparison: full preset, or benchmarks/bench_sharpness_tracking.py)")
     rows = "\n".join(
         f"| {r['optimizer']} | {fmt(r['lr'])} | {fmt(r['threshold'])} | "
@@ -425,9 +426,9 @@ equilibrates at (2+2β₁)/(η(1−β₁)) = 38/η for β₁ = 0.9 (Cohen et al.
 * Initial sharpness a₀ = {summary['initial_sharpness']:.4g}. GD: 2/η = factor·a₀ for factors
   {p['gd_factors']}; heavy ball β = {p['hb_beta']} with (2+2β)/η = {p['hb_factor']}·a₀; Adam
   η = {p['adam_lr']}, β₁ = {p['adam_beta1']}, β₂ = 0.999, ε = 1e-8. {p['steps']} steps each.
-* Sharpness every {p['sharpness_every']} steps by Lanczos (relative tolerance {p['tol']}),
-  warm-started from the previous eigenvector; Adam's λ_max(P⁻¹H) through P^(-1/2) H P^(-1/2)
-  with P = sqrt(v/(1−β₂^t)) + ε read from torch's optimizer state.
+* Sharpness every {p['sharpness_every']} steps (relative residual tolerance {p['tol']}),
+  warm-started from the previous top 3 Ritz vectors (block Davidson); Adam's λ_max(P⁻¹H)
+  through P^(-1/2) H P^(-1/2) with P = sqrt(v/(1−β₂^t)) + ε read from torch's optimizer state.
 * Gradient flow (GD factor {p['flow_factor']}): RK4 with steps 1/|λ|_max, up to
   {p['flow_fraction']} of the run's time, compared at t = kη.
 * Preset `{summary['preset']}`; runtime {summary['runtime_s']:.1f} s.

@@ -113,8 +113,10 @@ class QuadraticBilinear:
         """``M`` with ``dm/dt = −M m`` for the slow player's mean under the quasistatic flow."""
         A = self.A
         if slow == "x":
-            return self.a * torch.eye(A.shape[0], dtype=A.dtype) + A @ A.T / self.b
-        return self.b * torch.eye(A.shape[1], dtype=A.dtype) + A.T @ A / self.a
+            eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+            return self.a * eye + A @ A.T / self.b
+        eye = torch.eye(A.shape[1], dtype=A.dtype, device=A.device)
+        return self.b * eye + A.T @ A / self.a
 
     def quasistatic_mean_rate(self, slow: str = "x") -> float:
         """Slowest mean-relaxation rate ``λ_min(aI + AAᵀ/b)`` (x slow) or ``λ_min(bI + AᵀA/a)``."""
@@ -128,8 +130,8 @@ class QuadraticBilinear:
         """``J`` with ``d(m_p, m_q)/dt = J (m_p, m_q)`` under Langevin descent–ascent."""
         d, e = self.dims
         A = self.A
-        top = torch.cat([-self.a * torch.eye(d, dtype=A.dtype), -A], 1)
-        bottom = torch.cat([A.T, -self.b * torch.eye(e, dtype=A.dtype)], 1)
+        top = torch.cat([-self.a * torch.eye(d, dtype=A.dtype, device=A.device), -A], 1)
+        bottom = torch.cat([A.T, -self.b * torch.eye(e, dtype=A.dtype, device=A.device)], 1)
         return torch.cat([top, bottom], 0)
 
     # -- exact progress measures ----------------------------------------------------------------

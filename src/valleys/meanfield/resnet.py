@@ -392,7 +392,7 @@ def order_sensitivity(X0: torch.Tensor, Y: torch.Tensor, params: ResNetParams,
     """Mean loss over random block orders minus the loss in the trained order."""
     base = float(resnet_loss(X0, Y, params, head, activation=activation))
     losses = [float(resnet_loss(X0, Y, params, head, activation=activation,
-                                order=torch.randperm(params.depth, generator=generator)))
+                                order=_permutation(params.depth, generator)))
               for _ in range(permutations)]
     return sum(losses) / max(len(losses), 1) - base
 
@@ -457,7 +457,7 @@ def train_resnet(X0: torch.Tensor, Y: torch.Tensor, params: ResNetParams, head: 
             params = refine_depth(params, 2)
         limit = budget if phase_budget is None else spent + phase_budget
         while spent + params.depth <= limit:
-            order = (torch.randperm(params.depth, generator=generator)
+            order = (_permutation(params.depth, generator)
                      if scheme == "shuffle" else None)
             _, vel = particle_velocity(X0, Y, params, head, activation=activation, order=order)
             params = ResNetParams(*(t - lr * g for t, g in zip(params.tensors(), vel.tensors(),
@@ -474,3 +474,9 @@ def train_resnet(X0: torch.Tensor, Y: torch.Tensor, params: ResNetParams, head: 
         if diverged:
             break
     return params, TrainingRun(scheme, cost, losses, params.depth, diverged)
+
+
+def _permutation(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A random block order, drawn on the generator's device (CUDA generators draw there)."""
+    device = generator.device if generator is not None else None
+    return torch.randperm(n, generator=generator, device=device)

@@ -113,8 +113,9 @@ def optimizer_preconditioner(
 class SharpnessTracker:
     r"""Callback: the top-``k`` Hessian eigenvalues every ``every`` steps, Lanczos warm-started.
 
-    At each evaluated step it runs :func:`valleys.linalg.eigsh` on ``H = ∇²L(θ)`` (or on
-    ``P^{-1/2} H P^{-1/2}`` when ``preconditioned``) to relative tolerance ``tol`` and records
+    At each evaluated step it computes the top-``k`` eigenpairs of ``H = ∇²L(θ)`` (or of
+    ``P^{-1/2} H P^{-1/2}`` when ``preconditioned``) to relative residual tolerance ``tol``
+    (``‖H v − λ v‖ ≤ tol·|λ|``) and records
 
     * ``{prefix}sharpness`` = ``λ_1`` and ``{prefix}eig_i`` = ``λ_i`` for ``i = 1..k``;
     * ``{prefix}proj_i`` = ``⟨θ, v_i⟩``, the projection of the iterate on the ``i``-th
@@ -122,31 +123,31 @@ class SharpnessTracker:
       are chosen to agree with the previous evaluation's so the projections are continuous;
     * ``{prefix}matvecs`` (Hessian-vector products used) and ``{prefix}converged``.
 
-    **Warm start.** Between evaluations the iterate moves a little, so the previous top
-    eigenvectors are close to the new ones. The Lanczos start vector is then the sum of the
-    previous ``k`` eigenvectors plus ``warm_noise`` times a random unit vector (seeded). The
-    noise keeps the start from being accepted as is when the previous top eigenvector has
-    become an interior one (a crossing of eigenvalues): Lanczos amplifies any component along a
-    larger eigenvalue, and that costs a few matvecs only. ``warm_start=False`` starts every
-    evaluation from a fresh random vector (the cold baseline). :attr:`history` keeps, per
-    evaluation, the step, the matvecs, the top eigenvalue and whether it was warm.
+    **Warm start** (default). Between evaluations the iterate moves a little, so the previous
+    top eigenvectors are close to the new ones. The previous evaluation's top ``m =
+    warm_block`` Ritz vectors (default ``2k + 1``), each perturbed by ``warm_noise`` times a
+    seeded random unit vector, seed a Rayleigh–Ritz basis that grows by one residual per
+    product (Davidson's method without a preconditioner,
+    :func:`valleys.linalg.lanczos.block_eigsh`; from one vector it spans Lanczos' Krylov
+    spaces). Keeping the neighbours of the top eigenvectors in the basis matters at the edge
+    of stability, where many eigenvalues cluster around ``2/η`` and the top eigenvector
+    rotates inside the cluster between evaluations: on the edge-of-stability reproduction the
+    block of 3 took 2.1× fewer products than cold starts, against 1.7× for one warm vector
+    (``BENCHMARKS.md``, issue #4). The noise keeps a start from being accepted as is when a
+    previous top eigenvector has become an interior one (a crossing of eigenvalues). The first
+    evaluation starts from a seeded random vector.
 
-    **Block warm start** (``warm_block=m``, ``m >= k``). Instead of one start vector, the
-    previous evaluation's top ``m`` Ritz vectors (each perturbed by ``warm_noise``) seed a
-    Rayleigh-Ritz basis that grows by one residual per matvec
-    (:func:`valleys.linalg.lanczos.block_eigsh`; the first evaluation starts from a random
-    vector), at the same residual criterion. Near the edge of stability, where many
-    eigenvalues cluster around ``2/η``, keeping the neighbours of the top eigenvectors in the
-    space took 11–33 % fewer products than the single-vector warm start in every measured run
-    (``m = 3`` for ``k = 1``, ``m = 6`` for ``k = 3``; ``BENCHMARKS.md``, issue #4).
+    **Cold start** (``warm_start=False``, the baseline): every evaluation runs thick-restart
+    Lanczos (:func:`valleys.linalg.eigsh`) from a fresh random vector. :attr:`history` keeps,
+    per evaluation, the step, the matvecs, the top eigenvalue and whether it was warm.
 
     Args:
         objective: the objective being trained (the Hessian is taken at each recorded θ).
         k: number of top eigenvalues.
         every: evaluate at steps divisible by ``every`` (other recorded steps get nothing).
-        tol: relative residual tolerance of Lanczos (see :func:`~valleys.linalg.eigsh`).
+        tol: relative residual tolerance of the eigensolver (see above).
         which: ``"largest"`` (algebraic; the sharpness) or ``"magnitude"``.
-        warm_start: start from the previous eigenvectors.
+        warm_start: start from the previous eigenvectors (see above).
         warm_noise: size of the random perturbation of a warm start, relative to its norm.
         preconditioned: track ``λ(P⁻¹H)`` with ``P`` from the optimizer's state (needs the
             optimizer, which :func:`~valleys.train.train` passes through ``setup``; before the
@@ -154,10 +155,10 @@ class SharpnessTracker:
         prefix: prefix of the record keys (default ``""``, or ``"precond_"`` when
             ``preconditioned``).
         seed: seeds the cold start vectors and the warm-start noise.
-        max_matvecs: Lanczos budget per evaluation (default: eigsh's).
-        warm_block: ``None`` (default: single-vector warm start) or the number ``m`` of
-            previous Ritz vectors, ``k <= m < p``, that seed a block warm start (needs
-            ``warm_start=True``).
+        max_matvecs: product budget per evaluation (default: the eigensolver's).
+        warm_block: the number ``m`` of previous Ritz vectors that seed a warm start,
+            ``k <= m < p`` (default ``None``: ``2k + 1``, capped at ``p − 1``); ``m = 1``
+            (with ``k = 1``) is the single-vector warm start.
     """
 
     def __init__(
@@ -196,6 +197,8 @@ class SharpnessTracker:
                 raise ValueError("warm_block needs warm_start=True (it is a kind of warm start); "
                                  "for the cold baseline leave warm_block=None")
             warm_block = int(warm_block)
+        elif warm_start:
+            warm_block = min(2 * int(k) + 1, objective.dim - 1)
         self.warm_block = warm_block
         self.objective = objective
         self.k, self.every, self.tol, self.which = int(k), int(every), float(tol), which
@@ -236,8 +239,9 @@ class SharpnessTracker:
 
     def _start_block(self, op: LinearOperator) -> tuple[torch.Tensor, bool]:
         """The start block and whether it is warm: the previous top ``m`` Ritz vectors, each
-        perturbed by ``warm_noise`` (see :meth:`_start`), or one seeded random vector."""
-        if self._block is None or self._block.shape[1] < self.warm_block:
+        perturbed by ``warm_noise`` times a seeded random unit vector, or one seeded random
+        vector."""
+        if self._block is None:
             gen = torch.Generator(device=op.device).manual_seed(self.seed + len(self.history))
             return torch.randn(op.size, 1, generator=gen, dtype=op.dtype, device=op.device), False
         V0 = self._block
@@ -250,27 +254,15 @@ class SharpnessTracker:
     def _solve(self, op: LinearOperator):
         """One evaluation's eigenpairs and whether it was warm-started."""
         seed = self.seed + len(self.history)
-        if self.warm_block is not None:
-            V0, warm = self._start_block(op)
-            result, ritz = block_eigsh(op, V0, k=self.k, which=self.which, tol=self.tol,
-                                       seed=seed, max_matvecs=self.max_matvecs)
-            self._block = ritz[:, : self.warm_block]
-            return result, warm
-        v0 = self._start()
-        result = eigsh(op, k=self.k, which=self.which, tol=self.tol, v0=v0, seed=seed,
-                       max_matvecs=self.max_matvecs)
-        return result, v0 is not None
-
-    def _start(self) -> torch.Tensor | None:
-        if not self.warm_start or self._vectors is None:
-            return None
-        v0 = self._vectors.sum(dim=1)
-        v0 = v0 / torch.linalg.vector_norm(v0)
-        if self.warm_noise > 0:
-            noise = torch.randn(v0.shape, generator=self._generator, dtype=v0.dtype,
-                                device=v0.device)
-            v0 = v0 + self.warm_noise * noise / torch.linalg.vector_norm(noise)
-        return v0
+        if not self.warm_start:
+            result = eigsh(op, k=self.k, which=self.which, tol=self.tol, seed=seed,
+                           max_matvecs=self.max_matvecs)
+            return result, False
+        V0, warm = self._start_block(op)
+        result, ritz = block_eigsh(op, V0, k=self.k, which=self.which, tol=self.tol,
+                                   seed=seed, max_matvecs=self.max_matvecs)
+        self._block = ritz[:, : self.warm_block]
+        return result, warm
 
     def __call__(self, step: int, theta: torch.Tensor) -> dict[str, Any] | None:
         if step % self.every:
