@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import pytest
 import torch
 from torch import nn
 from torch.func import hessian as dense_hessian
@@ -12,6 +13,16 @@ from torch.func import jacrev, vmap
 
 matplotlib.use("Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matrices: one thread avoids oversubscription on a shared machine (a module opts in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class WeightSharing(nn.Module):

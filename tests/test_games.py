@@ -34,13 +34,7 @@ A = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)
 GAME = QuadraticBilinear(A, a=1.0, b=2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread avoids oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _normal(n, d, seed, shift=0.0, scale=1.0, dtype=torch.float64):

@@ -19,13 +19,7 @@ from valleys.games.gans import (
     sample_generators,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _as_module(net: ParticleMLP, theta: torch.Tensor) -> nn.Sequential:
