@@ -24,17 +24,32 @@ non-uniformity (``valleys.sharpness``) and test accuracy. (ii) SDEs (``valleys.s
 time from the left basin of a double well against ε for several α (power-law exponents), against
 the basin width, and for SGD-like vs Adam-like dynamics with anisotropic noise.
 
+**Resumable.** The work is split into units run by :func:`valleys.sweeps.run_sweep` into the
+SQLite store ``out/runs.sqlite``, each committed atomically: stage ``train``, one unit per
+(dataset, optimizer, η) storing the final training loss and status (what the selection needs);
+stage ``analysis``, one unit per (dataset, optimizer) for the selected η, storing that run's
+row and its tail indices along training; stage ``sde``, one unit per exit-time estimate. A
+killed run restarts where it was: finished units are read back, the others (and failed ones)
+computed, and the summary is the same as an uninterrupted run's. Parameter snapshots and Adam's
+``v̂`` are not stored (megabytes per run in the full preset): the analysis unit replays the
+selected training run, which is deterministic (same seed, data, initialization and thread
+count) and is checked to reproduce the stored final loss exactly. The price is one extra
+training run per (dataset, optimizer): +1/len(grid) of the training time (4 short runs, about
+2 s, in the quick preset; +20 % of the training in the full one).
+
 Verdict rules are the constants and ``_verdict_*`` functions below, written before any run.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -43,7 +58,7 @@ import torch
 from valleys.experiments.common import format_cell, markdown_table, torch_threads
 from valleys.experiments.output import OutputFolder
 
-__all__ = ["NAME", "PRESETS", "Preset", "run"]
+__all__ = ["NAME", "PRESETS", "Preset", "analysis_unit", "run", "sde_unit", "train_unit"]
 
 NAME = "sgd-vs-adam"
 
@@ -74,6 +89,9 @@ class Preset:
             so that at most this many scalars enter one estimate; bootstrap: resamples.
         beta1: Adam's β₁ (averaging); record_every: loss records.
         sde_*: the SDE experiments (paths, step, ε grids, α grid, widths, depths, step cap).
+        threads: torch threads inside each unit of work (``None``: leave torch's default).
+        executor: how :func:`~valleys.sweeps.run_sweep` runs the units (``"serial"`` or
+            ``"process"``); it does not change any number.
     """
 
     datasets: tuple[str, ...]
@@ -99,6 +117,7 @@ class Preset:
     sde_epsilon: float
     sde_max_steps: int
     threads: int | None = 1
+    executor: str = "serial"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +141,7 @@ PRESETS: dict[str, Preset] = {
         sde_paths=1000, sde_dt=0.005, sde_alphas=(1.1, 1.3, 1.5, 1.7, 1.9),
         sde_epsilons=(0.3, 0.2, 0.14, 0.1), sde_widths=(0.5, 0.7, 1.0, 1.4, 2.0),
         sde_depths=(0.25, 0.5, 1.0, 2.0, 4.0),
-        sde_epsilon=0.14, sde_max_steps=100_000,
+        sde_epsilon=0.14, sde_max_steps=100_000, executor="process",
     ),
 }
 
@@ -130,20 +149,28 @@ PRESETS: dict[str, Preset] = {
 # --- networks -----------------------------------------------------------------------------------
 
 
-def _dataset(name: str, p: Preset, seed: int):
+def _dataset(name: str, p: Preset | SimpleNamespace, seed: int):
+    """``((X_train, y_train), (X_test, y_test))``, the first ``p.n_train`` training samples."""
+    return _load(name, p.mnist1d_samples, p.n_train, seed)
+
+
+# Units of one dataset run one after another in a process; generating MNIST-1D costs about as
+# much as a quick training run, so each process keeps the last few datasets (read-only).
+@functools.lru_cache(maxsize=4)
+def _load(name: str, mnist1d_samples: int, n_train: int, seed: int):
     from valleys import data
 
     if name == "mnist1d":
-        ds = data.load_mnist1d(p.mnist1d_samples, seed=seed, dtype=torch.float64)
+        ds = data.load_mnist1d(mnist1d_samples, seed=seed, dtype=torch.float64)
     elif name == "digits":
         ds = data.load_digits(seed=seed, dtype=torch.float64)
     else:
         raise ValueError(f"unknown dataset {name!r}; use 'mnist1d' or 'digits'")
-    n = min(p.n_train, ds.X_train.shape[0])
+    n = min(n_train, ds.X_train.shape[0])
     return (ds.X_train[:n].contiguous(), ds.y_train[:n].contiguous()), (ds.X_test, ds.y_test)
 
 
-def _objective(train_data, p: Preset, seed: int):
+def _objective(train_data, p: Preset | SimpleNamespace, seed: int):
     from valleys import Objective
     from valleys.models import MLP
 
@@ -244,130 +271,319 @@ def _accuracy(obj, theta, test_data) -> float:
     return test.accuracy(theta)
 
 
-def _network_part(p: Preset, seed: int, bar) -> tuple[list[dict], list[dict], list[dict]]:
-    runs, tuning, trajectory = [], [], []
-    for ds in p.datasets:
+# --- units of work (module level: the process executor sends them to workers) -----------------
+#
+# Stage "train": one unit per (dataset, optimizer, lr), storing what the selection needs.
+# Stage "analysis": one unit per (dataset, optimizer) for the selected lr; it replays that
+# training run (deterministic: same seed, same thread count, checked against the stored final
+# loss) to get its parameter snapshots and Adam's v̂ back instead of storing them, then measures.
+# Stage "sde": one unit per exit-time estimate. Each config holds every field its result
+# depends on, so a changed preset never reuses a stale result.
+
+TRAIN_FIELDS = ("n_train", "mnist1d_samples", "hidden", "steps", "batch_size", "checkpoints",
+                "record_every", "threads")
+ANALYSIS_FIELDS = (*TRAIN_FIELDS, "noise_batches", "max_scalars", "bootstrap", "beta1")
+SDE_FIELDS = ("sde_paths", "sde_dt", "sde_max_steps", "threads")
+
+
+def _fields(p: Preset, names: tuple[str, ...]) -> dict[str, Any]:
+    """The preset fields ``names`` as JSON values (tuples as lists), for a unit's config."""
+    return {k: list(getattr(p, k)) if isinstance(getattr(p, k), tuple) else getattr(p, k)
+            for k in names}
+
+
+def _settings(config: dict[str, Any]) -> SimpleNamespace:
+    """A unit's config with attribute access, standing in for the preset in the helpers."""
+    return SimpleNamespace(**config)
+
+
+def train_unit(config: dict[str, Any]) -> dict[str, Any]:
+    """Stage "train": one run of the learning-rate grid; its final training loss and status.
+
+    Args:
+        config: ``dataset``, ``optimizer``, ``lr``, ``seed`` and the :data:`TRAIN_FIELDS`.
+
+    Returns:
+        ``train_status``, ``final_loss``, ``steps`` and ``diverged`` (the sweep records a
+        diverged run as ``"diverged"`` and goes on).
+    """
+    p, seed = _settings(config), config["seed"]
+    with torch_threads(config["threads"]):
+        train_data, _ = _dataset(config["dataset"], p, seed)
+        obj = _objective(train_data, p, seed)
+        result, _ = _train(obj, config["optimizer"], config["lr"], p, seed)
+    return {"train_status": result.status, "final_loss": result.final_loss,
+            "steps": result.steps, "diverged": result.status == "diverged"}
+
+
+def analysis_unit(config: dict[str, Any]) -> dict[str, Any]:
+    """Stage "analysis": replay the selected run, then tail indices, curvature and accuracy.
+
+    Args:
+        config: ``dataset``, ``optimizer``, the selected ``lr``, its stored ``final_loss``,
+            ``seed`` and the :data:`ANALYSIS_FIELDS`.
+
+    Returns:
+        ``run`` (the row of the selected run) and ``trajectory`` (one row per checkpoint and
+        kind of noise).
+
+    Raises:
+        RuntimeError: If the replay does not reproduce the stored final loss exactly (the
+            snapshots would then belong to another trajectory); the sweep records a failure.
+    """
+    p, seed = _settings(config), config["seed"]
+    ds, optimizer, lr = config["dataset"], config["optimizer"], config["lr"]
+    with torch_threads(config["threads"]):
         train_data, test_data = _dataset(ds, p, seed)
-        for optimizer, lrs in (("sgd", p.sgd_lrs), ("adam", p.adam_lrs)):
-            candidates = []
-            for lr in lrs:
-                obj = _objective(train_data, p, seed)
-                result, kept = _train(obj, optimizer, lr, p, seed)
-                candidates.append((result, kept, obj, lr))
-                tuning.append({"dataset": ds, "optimizer": optimizer, "lr": lr,
-                               "status": result.status, "final_loss": result.final_loss})
-                bar.update(1)
-            finite = [c for c in candidates if c[0].status != "diverged"
-                      and math.isfinite(c[0].final_loss)]
-            if not finite:
-                runs.append({"dataset": ds, "optimizer": optimizer, "status": "diverged",
-                             "alpha_hat": math.nan, "alpha_hat_interval": [math.nan, math.nan],
-                             "sharpness": math.nan, "nonuniformity": math.nan,
-                             "test_accuracy": math.nan})
-                continue
-            result, kept, obj, lr = min(finite, key=lambda c: c[0].final_loss)
-            for row in tuning:
-                if row["dataset"] == ds and row["optimizer"] == optimizer:
-                    row["selected"] = row["lr"] == lr
-            tails = {}
-            for step in sorted(kept.thetas):
-                tails[step] = _noise_tails(obj, kept.thetas[step], optimizer, p, seed + step,
-                                           kept.second_moments.get(step))
-                for kind, t in tails[step].items():
-                    trajectory.append({"dataset": ds, "optimizer": optimizer, "step": step,
-                                       "noise": kind, "alpha_hat": t["alpha"],
-                                       "low": t["low"], "high": t["high"]})
-            if not tails:  # no checkpoint reached (cannot happen without divergence): recorded
-                tails[result.steps] = _noise_tails(obj, result.theta, optimizer, p, seed)
-            final = tails[max(tails)]
-            theta = result.theta
-            curv = _curvature(obj, theta)
-            last = result.records[-1]
-            runs.append({
-                "dataset": ds, "optimizer": optimizer, "lr": lr, "status": result.status,
-                "alpha_hat": final["effective"]["alpha"],
-                "alpha_hat_interval": [final["effective"]["low"], final["effective"]["high"]],
-                "alpha_hat_raw": final["raw"]["alpha"],
-                "alpha_hat_raw_interval": [final["raw"]["low"], final["raw"]["high"]],
-                "alpha_hat_preconditioned": final.get("preconditioned", final["raw"])["alpha"],
-                "alpha_hat_along_training": [tails[s]["effective"]["alpha"] for s in sorted(tails)],
-                "sharpness": curv["sharpness"], "nonuniformity": curv["nonuniformity"],
-                "test_accuracy": _accuracy(obj, theta, test_data),
-                "train_accuracy": last.get("accuracy", math.nan),
-                "train_loss": result.final_loss, "steps": result.steps,
-            })
-            bar.update(1)
-    return runs, tuning, trajectory
+        obj = _objective(train_data, p, seed)
+        result, kept = _train(obj, optimizer, lr, p, seed)
+        if result.final_loss != config["final_loss"]:
+            raise RuntimeError(
+                f"replaying {ds}/{optimizer} at lr={lr} gave final loss {result.final_loss!r}, "
+                f"not the stored {config['final_loss']!r}: training is not deterministic here "
+                "(thread count or library changed?); delete runs.sqlite and run again")
+        trajectory, tails = [], {}
+        for step in sorted(kept.thetas):
+            tails[step] = _noise_tails(obj, kept.thetas[step], optimizer, p, seed + step,
+                                       kept.second_moments.get(step))
+            for kind, t in tails[step].items():
+                trajectory.append({"dataset": ds, "optimizer": optimizer, "step": step,
+                                   "noise": kind, "alpha_hat": t["alpha"],
+                                   "low": t["low"], "high": t["high"]})
+        if not tails:  # no checkpoint reached (cannot happen without divergence): recorded
+            tails[result.steps] = _noise_tails(obj, result.theta, optimizer, p, seed)
+        final = tails[max(tails)]
+        theta = result.theta
+        curv = _curvature(obj, theta)
+        last = result.records[-1]
+        run = {
+            "dataset": ds, "optimizer": optimizer, "lr": lr, "status": result.status,
+            "alpha_hat": final["effective"]["alpha"],
+            "alpha_hat_interval": [final["effective"]["low"], final["effective"]["high"]],
+            "alpha_hat_raw": final["raw"]["alpha"],
+            "alpha_hat_raw_interval": [final["raw"]["low"], final["raw"]["high"]],
+            "alpha_hat_preconditioned": final.get("preconditioned", final["raw"])["alpha"],
+            "alpha_hat_along_training": [tails[s]["effective"]["alpha"] for s in sorted(tails)],
+            "sharpness": curv["sharpness"], "nonuniformity": curv["nonuniformity"],
+            "test_accuracy": _accuracy(obj, theta, test_data),
+            "train_accuracy": last.get("accuracy", math.nan),
+            "train_loss": result.final_loss, "steps": result.steps,
+        }
+    return {"run": run, "trajectory": trajectory}
 
 
-# --- SDEs ---------------------------------------------------------------------------------------
+def sde_unit(config: dict[str, Any]) -> dict[str, Any]:
+    """Stage "sde": one mean exit time from the left basin (``valleys.sde.exit_times``).
 
+    Args:
+        config: ``part`` (``"epsilon"``, ``"width"``, ``"depth"`` or ``"optimizers"``),
+            ``alpha``, ``epsilon``, the part's ``width`` / ``depth`` / ``dynamics``, ``seed``
+            and the :data:`SDE_FIELDS`.
 
-def _sde_part(p: Preset, seed: int, bar) -> dict[str, Any]:
+    Returns:
+        ``mean_exit_time``, ``stderr``, ``exited`` and (but for ``"optimizers"``) the
+        small-noise ``theory`` 1/(ε^α m(W)).
+    """
     from valleys.sde import AdamLike, DoubleWell, exit_times, levy_exit_time
 
-    dw = DoubleWell()
-    eps_rows = []
-    exponents = {}
-    for alpha in p.sde_alphas:
-        means = []
-        for eps in p.sde_epsilons:
-            r = exit_times(dw.grad, dw.left_minimum(), dw.basin(), num_paths=p.sde_paths,
-                           alpha=alpha, epsilon=eps, dt=p.sde_dt, max_steps=p.sde_max_steps,
-                           seed=seed)
-            means.append(r.mean)
-            eps_rows.append({"alpha": alpha, "epsilon": eps, "mean_exit_time": r.mean,
-                             "stderr": r.stderr, "exited": r.exited,
-                             "theory": levy_exit_time(alpha, eps, (1.0, 1.0))})
-            bar.update(1)
-        ok = [(e, m) for e, m in zip(p.sde_epsilons, means, strict=True) if math.isfinite(m)]
+    part, alpha, eps = config["part"], config["alpha"], config["epsilon"]
+    common = {"num_paths": config["sde_paths"], "alpha": alpha, "epsilon": eps,
+              "dt": config["sde_dt"], "max_steps": config["sde_max_steps"],
+              "seed": config["seed"]}
+    half_width = 1.0
+    with torch_threads(config["threads"]):
+        if part == "optimizers":
+            # SGD-like vs Adam-like: 2-D valley, noise strongest along the escape direction.
+            well = DoubleWell(stiffness=(4.0,))
+            scale = torch.tensor([1.0, 0.25], dtype=torch.float64)
+            adam = {"sgd": None,
+                    "adam": AdamLike(beta1=10.0, averaging=True, normalize=True),
+                    "adam-no-averaging": AdamLike(beta1=10.0, averaging=False, normalize=True),
+                    }[config["dynamics"]]
+            common.update(noise="independent", scale=scale, adam=adam)
+        elif part == "width":
+            half_width = config["width"]
+            well = DoubleWell(width_left=half_width)
+        elif part == "depth":
+            well = DoubleWell(depth_left=config["depth"])
+        elif part == "epsilon":
+            well = DoubleWell()
+        else:
+            raise ValueError(f"unknown SDE part {part!r}")
+        r = exit_times(well.grad, well.left_minimum(), well.basin(), **common)
+    out = {"mean_exit_time": r.mean, "stderr": r.stderr, "exited": r.exited}
+    if part != "optimizers":
+        out["theory"] = levy_exit_time(alpha, eps, (half_width, half_width))
+    return out
+
+
+# --- the sweeps, and the rows assembled from their records --------------------------------------
+
+
+def _sweep(store, fn, configs: list[dict[str, Any]], name: str, p: Preset,
+           progress: bool) -> tuple[list[dict[str, Any]], int]:
+    """Run the units of ``configs`` not yet done (or diverged) in ``store``, failed ones again.
+
+    Returns:
+        The records in config order, and how many units were computed in this call.
+    """
+    from valleys.sweeps import run_id, run_sweep
+
+    if not configs:
+        return [], 0
+    finished = store.statuses(name)
+    todo = sum(finished.get(run_id(c, name)) not in ("done", "diverged") for c in configs)
+    executor = p.executor if todo > 1 else "serial"
+    run_sweep(fn, configs, store, name=name, executor=executor, progress=progress,
+              retry_failed=True)
+    by_id = {rec["run_id"]: rec for rec in store.records(name)}
+    return [by_id[run_id(c, name)] for c in configs], todo
+
+
+def _train_configs(p: Preset, seed: int) -> list[dict[str, Any]]:
+    fields = _fields(p, TRAIN_FIELDS)
+    return [{"dataset": ds, "optimizer": optimizer, "lr": lr, "seed": seed, **fields}
+            for ds in p.datasets
+            for optimizer, lrs in (("sgd", p.sgd_lrs), ("adam", p.adam_lrs)) for lr in lrs]
+
+
+def _tuning(records: list[dict[str, Any]]) -> tuple[list[dict], dict[tuple[str, str], dict]]:
+    """The learning-rate table and, per (dataset, optimizer), the selected row.
+
+    The rule, fixed before any run: the lowest final training loss among the runs that neither
+    diverged nor failed (the first in grid order on a tie). A pair without such a run has no
+    selection (and no ``selected`` column).
+    """
+    tuning, candidates = [], {}
+    for rec in records:
+        c, m = rec["config"], rec["metrics"] or {}
+        row = {"dataset": c["dataset"], "optimizer": c["optimizer"], "lr": c["lr"],
+               "status": m.get("train_status", rec["status"]),
+               "final_loss": m.get("final_loss", math.nan)}
+        tuning.append(row)
+        candidates.setdefault((c["dataset"], c["optimizer"]), []).append(row)
+    selected = {}
+    for pair, rows in candidates.items():
+        finite = [r for r in rows if r["status"] not in ("diverged", "failed")
+                  and math.isfinite(r["final_loss"])]
+        if not finite:
+            continue
+        best = min(finite, key=lambda r: r["final_loss"])
+        for r in rows:
+            r["selected"] = r["lr"] == best["lr"]
+        selected[pair] = best
+    return tuning, selected
+
+
+def _analysis_configs(p: Preset, seed: int,
+                      selected: dict[tuple[str, str], dict]) -> list[dict[str, Any]]:
+    fields = _fields(p, ANALYSIS_FIELDS)
+    return [{"dataset": ds, "optimizer": optimizer, "lr": best["lr"],
+             "final_loss": best["final_loss"], "seed": seed, **fields}
+            for (ds, optimizer), best in selected.items()]
+
+
+def _missing_run(ds: str, optimizer: str, status: str) -> dict[str, Any]:
+    """The row of a pair with no measurement (every run diverged, or its analysis failed)."""
+    return {"dataset": ds, "optimizer": optimizer, "status": status, "alpha_hat": math.nan,
+            "alpha_hat_interval": [math.nan, math.nan], "sharpness": math.nan,
+            "nonuniformity": math.nan, "test_accuracy": math.nan}
+
+
+def _network_rows(p: Preset, analysed: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """The selected runs (one per dataset and optimizer) and the tail indices along training."""
+    by_pair = {(r["config"]["dataset"], r["config"]["optimizer"]): r for r in analysed}
+    runs, trajectory = [], []
+    for ds in p.datasets:
+        for optimizer in ("sgd", "adam"):
+            rec = by_pair.get((ds, optimizer))
+            if rec is None:  # no selection: every run of the grid diverged (or failed)
+                runs.append(_missing_run(ds, optimizer, "diverged"))
+            elif rec["status"] != "done":
+                runs.append({**_missing_run(ds, optimizer, rec["status"]),
+                             "lr": rec["config"]["lr"]})
+            else:
+                runs.append(rec["metrics"]["run"])
+                trajectory.extend(rec["metrics"]["trajectory"])
+    return runs, trajectory
+
+
+def _sde_configs(p: Preset, seed: int) -> list[dict[str, Any]]:
+    base = {"seed": seed, **_fields(p, SDE_FIELDS)}
+    alpha_w = 1.5
+    configs = [{"part": "epsilon", "alpha": alpha, "epsilon": eps, **base}
+               for alpha in p.sde_alphas for eps in p.sde_epsilons]
+    configs += [{"part": "width", "alpha": alpha_w, "epsilon": p.sde_epsilon, "width": w, **base}
+                for w in p.sde_widths]
+    # Depth: for α < 2 the small-noise law does not involve the depth at all (m(W) counts
+    # jumps, not barriers); recorded as information, no verdict.
+    configs += [{"part": "depth", "alpha": alpha_w, "epsilon": p.sde_epsilon, "depth": h, **base}
+                for h in p.sde_depths]
+    configs += [{"part": "optimizers", "alpha": alpha,
+                 "epsilon": p.sde_epsilon if alpha < 2 else GAUSSIAN_EPSILON,
+                 "dynamics": name, **base}
+                for alpha in (1.5, 2.0) for name in ("sgd", "adam", "adam-no-averaging")]
+    return configs
+
+
+# The columns of each part's table that come from the config.
+_SDE_KEYS = {"epsilon": ("alpha", "epsilon"), "width": ("alpha", "width"),
+             "depth": ("alpha", "depth"), "optimizers": ("alpha", "epsilon", "dynamics")}
+
+
+def _sde_results(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The exit-time tables (a failed unit gives NaNs) and the fitted exponents."""
+    parts: dict[str, list[dict]] = {part: [] for part in _SDE_KEYS}
+    for rec in records:
+        c, m = rec["config"], rec["metrics"] or {}
+        row = {k: c[k] for k in _SDE_KEYS[c["part"]]}
+        row.update(mean_exit_time=m.get("mean_exit_time", math.nan),
+                   stderr=m.get("stderr", math.nan), exited=m.get("exited"))
+        if c["part"] != "optimizers":
+            row["theory"] = m.get("theory", math.nan)
+        parts[c["part"]].append(row)
+    exponents = {}  # −d log τ / d log ε, least squares over the finite means
+    for alpha in dict.fromkeys(r["alpha"] for r in parts["epsilon"]):
+        ok = [(r["epsilon"], r["mean_exit_time"]) for r in parts["epsilon"]
+              if r["alpha"] == alpha and math.isfinite(r["mean_exit_time"])]
         exponents[str(alpha)] = (
             -float(np.polyfit(np.log([e for e, _ in ok]), np.log([m for _, m in ok]), 1)[0])
             if len(ok) >= 2 else math.nan)
-    width_rows = []
-    alpha_w = 1.5
-    for w in p.sde_widths:
-        well = DoubleWell(width_left=w)
-        r = exit_times(well.grad, well.left_minimum(), well.basin(), num_paths=p.sde_paths,
-                       alpha=alpha_w, epsilon=p.sde_epsilon, dt=p.sde_dt,
-                       max_steps=p.sde_max_steps, seed=seed)
-        width_rows.append({"alpha": alpha_w, "width": w, "mean_exit_time": r.mean,
-                           "stderr": r.stderr, "exited": r.exited,
-                           "theory": levy_exit_time(alpha_w, p.sde_epsilon, (w, w))})
-        bar.update(1)
-    # Depth: for α < 2 the small-noise law does not involve the depth at all (m(W) counts
-    # jumps, not barriers); recorded as information, no verdict.
-    depth_rows = []
-    for h in p.sde_depths:
-        well = DoubleWell(depth_left=h)
-        r = exit_times(well.grad, well.left_minimum(), well.basin(), num_paths=p.sde_paths,
-                       alpha=alpha_w, epsilon=p.sde_epsilon, dt=p.sde_dt,
-                       max_steps=p.sde_max_steps, seed=seed)
-        depth_rows.append({"alpha": alpha_w, "depth": h, "mean_exit_time": r.mean,
-                           "stderr": r.stderr, "exited": r.exited,
-                           "theory": levy_exit_time(alpha_w, p.sde_epsilon, (1.0, 1.0))})
-        bar.update(1)
-    # SGD-like vs Adam-like: 2-D valley, noise strongest along the escape direction.
-    valley = DoubleWell(stiffness=(4.0,))
-    scale = torch.tensor([1.0, 0.25], dtype=torch.float64)
-    variants = {
-        "sgd": None,
-        "adam": AdamLike(beta1=10.0, averaging=True, normalize=True),
-        "adam-no-averaging": AdamLike(beta1=10.0, averaging=False, normalize=True),
+    return {"epsilon": parts["epsilon"], "exponents": exponents, "width": parts["width"],
+            "depth": parts["depth"], "optimizers": parts["optimizers"]}
+
+
+def _network_part(store, p: Preset, seed: int, progress: bool) -> dict[str, Any]:
+    """Stages ``train`` then ``analysis`` in ``store``: the runs, tuning and tail-index rows."""
+    trained, n_train = _sweep(store, train_unit, _train_configs(p, seed), f"{NAME}/train", p,
+                              progress)
+    tuning, selected = _tuning(trained)
+    analysed, n_analysis = _sweep(store, analysis_unit, _analysis_configs(p, seed, selected),
+                                  f"{NAME}/analysis", p, progress)
+    runs, trajectory = _network_rows(p, analysed)
+    return {"runs": runs, "tuning": tuning, "trajectory": trajectory,
+            "records": trained + analysed, "computed": {"train": n_train, "analysis": n_analysis}}
+
+
+def _compute(folder: OutputFolder, p: Preset, seed: int, progress: bool) -> dict[str, Any]:
+    """Run (or resume) the three sweeps in ``folder/runs.sqlite`` and assemble their rows."""
+    from valleys.sweeps import ResultsStore
+
+    store = ResultsStore(folder.file("runs.sqlite"))
+    net = _network_part(store, p, seed, progress)
+    sde_records, n_sde = _sweep(store, sde_unit, _sde_configs(p, seed), f"{NAME}/sde", p,
+                                progress)
+    records = net["records"] + sde_records
+    units = {
+        "store": "runs.sqlite",
+        "total": len(records),
+        "computed_this_call": {**net["computed"], "sde": n_sde},
+        "failed": [{"sweep": r["sweep"], "config": r["config"],
+                    "error": (r["error"] or "").strip().splitlines()[-1:]}
+                   for r in records if r["status"] == "failed"],
     }
-    opt_rows = []
-    for alpha in (1.5, 2.0):
-        eps = p.sde_epsilon if alpha < 2 else GAUSSIAN_EPSILON
-        for name, adam in variants.items():
-            r = exit_times(valley.grad, valley.left_minimum(), valley.basin(),
-                           num_paths=p.sde_paths, alpha=alpha, epsilon=eps, dt=p.sde_dt,
-                           max_steps=p.sde_max_steps, noise="independent", scale=scale,
-                           adam=adam, seed=seed)
-            opt_rows.append({"alpha": alpha, "epsilon": eps, "dynamics": name,
-                             "mean_exit_time": r.mean, "stderr": r.stderr, "exited": r.exited})
-            bar.update(1)
-    return {"epsilon": eps_rows, "exponents": exponents, "width": width_rows,
-            "depth": depth_rows, "optimizers": opt_rows}
+    return {"runs": net["runs"], "tuning": net["tuning"], "trajectory": net["trajectory"],
+            "sde": _sde_results(sde_records), "units": units}
 
 
 # --- verdicts (fixed before running) ------------------------------------------------------------
@@ -596,7 +812,10 @@ differences are ties).
   stiffness 4 across, noise scale diag(1, 0.25) (strongest along the escape direction);
   Adam-like = preconditioning normalized to mean 1 (same average step) and averaging at rate
   β₁ = 10 per unit time.
-* Preset `{s['preset']}`; runtime {s['runtime_s']:.1f} s.
+* Preset `{s['preset']}`; runtime {s['runtime_s']:.1f} s ({_units_note(s['units'])}).
+* Resumable: every unit of work (one training run of the η grid, the analysis of a selected
+  run, one exit-time estimate) is committed to the store `runs.sqlite` in this folder; a rerun
+  into the folder reads the finished units back and computes only the missing or failed ones.
 
 ## (1)–(2) Tail index of the gradient noise
 
@@ -651,8 +870,20 @@ normalized preconditioner, the averaging rate, noise strongest along the escape 
 illustrate the mechanism rather than measure the networks' own dynamics.
 
 Files: `summary.json`, `results.csv` (selected runs), `tail_index.csv`, `exit_times.csv`, figures
-as PNG and SVG.
+as PNG and SVG, and `runs.sqlite` (the resumable store of every unit of work: config, status,
+metrics, errors, timings; `valleys.sweeps.ResultsStore` reads it).
 """
+
+
+def _units_note(units: dict[str, Any]) -> str:
+    done, total = sum(units["computed_this_call"].values()), units["total"]
+    note = (f"all {total} units of work computed in this call" if done == total else
+            f"{done} of {total} units of work computed in this call, the others read from "
+            "`runs.sqlite`")
+    if units["failed"]:
+        note += (f"; {len(units['failed'])} failed (their rows are NaN; see `summary.json` → "
+                 "`units`; a rerun tries them again)")
+    return note
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -663,24 +894,21 @@ def run(out: str | Path, *, preset: str = "quick", seed: int = 0,
     """Run the reproduction into ``out`` and return its summary (also ``out/summary.json``).
 
     Args:
-        out: output folder (created).
+        out: output folder (created; the store ``out/runs.sqlite`` makes a rerun resume:
+            finished units of work are read back, the missing and failed ones computed).
         preset: ``"quick"`` or ``"full"`` (see :data:`PRESETS`).
         seed: seeds the data, initialization, mini-batches, bootstrap and SDE noise.
-        progress: show a progress bar.
+        progress: show the sweeps' progress bars.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     import pandas as pd
-    from tqdm.auto import tqdm
 
     started = time.perf_counter()
     folder, p = OutputFolder(out), PRESETS[preset]
-    total = (len(p.datasets) * (len(p.sgd_lrs) + len(p.adam_lrs) + 2)
-             + len(p.sde_alphas) * len(p.sde_epsilons) + len(p.sde_widths)
-             + len(p.sde_depths) + 6)
-    with torch_threads(p.threads), tqdm(total=total, desc=NAME, disable=not progress) as bar:
-        runs, tuning, trajectory = _network_part(p, seed, bar)
-        sde = _sde_part(p, seed, bar)
+    with torch_threads(p.threads):
+        parts = _compute(folder, p, seed, progress)
+    runs, tuning, trajectory, sde = (parts[k] for k in ("runs", "tuning", "trajectory", "sde"))
     headline = {
         "heavy_tails": _verdict_heavy_tails(runs),
         "tails_order": _verdict_tails_order(runs),
@@ -713,6 +941,7 @@ def run(out: str | Path, *, preset: str = "quick", seed: int = 0,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "figures": ["tail_index", "exit_times", "solutions"],
+        "units": parts["units"],
     }
     folder.write_text("report.md", _report(summary))
     folder.write_json("summary.json", summary)
