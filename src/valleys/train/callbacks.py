@@ -4,8 +4,9 @@ A callback is a function ``cb(step, θ) -> dict`` for :func:`valleys.train.train
 into the step's record (one row of the tidy table). The callbacks here are small stateful objects:
 
 * :class:`SharpnessTracker` computes the top-``k`` eigenvalues of the training-loss Hessian
-  ``H = ∇²L(θ)`` with thick-restart Lanczos (:func:`valleys.linalg.eigsh`), **warm-started**
-  from the previous evaluation's eigenvectors, and the projections ``⟨θ, v_i⟩`` of the iterate on
+  ``H = ∇²L(θ)``, **warm-started** from the previous evaluation's top Ritz vectors (block
+  Davidson, :func:`valleys.linalg.lanczos.block_eigsh`; cold starts use thick-restart Lanczos,
+  :func:`valleys.linalg.eigsh`), and the projections ``⟨θ, v_i⟩`` of the iterate on
   them. With ``preconditioned=True`` it tracks ``λ_i(P⁻¹H)`` instead, through the symmetric form
   ``P^{-1/2} H P^{-1/2}`` (same spectrum), with ``P`` read from the optimizer's state at each call
   (Cohen et al., "Adaptive gradient methods at the edge of stability", arXiv 2207.14484).
@@ -111,7 +112,7 @@ def optimizer_preconditioner(
 
 
 class SharpnessTracker:
-    r"""Callback: the top-``k`` Hessian eigenvalues every ``every`` steps, Lanczos warm-started.
+    r"""Callback: the top-``k`` Hessian eigenvalues every ``every`` steps, warm-started.
 
     At each evaluated step it computes the top-``k`` eigenpairs of ``H = ∇²L(θ)`` (or of
     ``P^{-1/2} H P^{-1/2}`` when ``preconditioned``) to relative residual tolerance ``tol``
