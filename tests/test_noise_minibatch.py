@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import DenseOracle, make_data, make_model
+from conftest import DenseOracle, input_dim, make_data, make_model
 
 from valleys import Objective
 from valleys.noise import (
@@ -34,17 +34,51 @@ def _dense_C(obj, X, Y):
     return D.T @ D / G.shape[0], G
 
 
+@pytest.mark.parametrize("method", ["auto", "linear-layers", "per-sample"])
 @pytest.mark.parametrize("chunk_size", [None, 4])
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-def test_vectorized_batches_match_the_loop(loss, chunk_size):
+def test_vectorized_batches_match_the_loop(loss, chunk_size, method):
     obj, _, _ = _problem(loss, n=13, chunk_size=chunk_size)
     idx = batch_indices(obj.n, 4, 9, seed=1)
     idx_rep = batch_indices(obj.n, 5, 7, replacement=True, seed=2)
     for indices in (idx, idx_rep):
-        torch.testing.assert_close(minibatch_gradients(obj, indices),
+        torch.testing.assert_close(minibatch_gradients(obj, indices, method=method),
                                    minibatch_gradients_loop(obj, indices), rtol=1e-10, atol=1e-12)
-    _, g = minibatch_gradients(obj, idx, return_mean=True)
+    _, g = minibatch_gradients(obj, idx, return_mean=True, method=method)
     torch.testing.assert_close(g, obj.gradient(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "weight-sharing", "residual"])
+def test_models_outside_the_linear_layers_path_fall_back_or_explain(kind):
+    """Conv parameters and a Linear called twice: "auto" takes the per-sample path (still
+    exact), and asking for the factored path says why it does not apply. A residual block of
+    Linear layers takes the factored path."""
+    X, Y = make_data("ce", n=7, d=input_dim(kind))
+    obj = Objective(make_model(kind), "ce", (X, Y))
+    idx = batch_indices(obj.n, 3, 5, seed=0)
+    loop = minibatch_gradients_loop(obj, idx)
+    torch.testing.assert_close(minibatch_gradients(obj, idx), loop, rtol=1e-10, atol=1e-12)
+    if kind == "residual":  # whole Linear layers, each called once: the factored path applies
+        torch.testing.assert_close(minibatch_gradients(obj, idx, method="linear-layers"), loop,
+                                   rtol=1e-10, atol=1e-12)
+    else:
+        with pytest.raises(ValueError, match=r"does not apply.*per-sample"):
+            minibatch_gradients(obj, idx, method="linear-layers")
+
+
+def test_linear_layers_path_at_another_theta_and_with_part_of_the_layers():
+    """θ passed explicitly (not the model's), a layer without bias, and θ = one layer only."""
+    X, Y = make_data("mse", n=11)
+    model = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 5, bias=False), torch.nn.Tanh(),
+                                torch.nn.Linear(5, Y.shape[1])).double()
+    idx = batch_indices(11, 3, 6, replacement=True, seed=3)
+    for params in (None, ["2.weight", "2.bias"]):
+        obj = Objective(model, "mse", (X, Y), params=params)
+        theta = obj.parameters_vector() + 0.1 * torch.randn(
+            obj.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        fast = minibatch_gradients(obj, idx, theta, method="linear-layers")
+        torch.testing.assert_close(fast, minibatch_gradients_loop(obj, idx, theta),
+                                   rtol=1e-10, atol=1e-12)
 
 
 def test_batch_indices_are_distinct_and_seeded():
@@ -137,6 +171,8 @@ def test_bad_input():
         minibatch_gradients("model", torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="num_batches"):
         batch_indices(6, 2, 0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        minibatch_gradients(obj, torch.zeros(2, 2, dtype=torch.long), method="fast")
 
 
 def test_matrix_free_statistics_match_the_gram_path():

@@ -8,12 +8,17 @@ covariance ``C = (1/n) Σ_i (g_i − g)(g_i − g)ᵀ`` (:func:`valleys.gradient
   ``c = (n − B)/(B(n − 1))`` (finite-population correction; Wu, Ma & E 2018);
 * **with replacement**: ``Cov(ξ_b) = C/B``.
 
-Mini-batch gradients are computed from per-sample gradients: each data chunk's per-sample
-gradients ``G_c`` (``vmap(grad)``) are combined into all batches at once by one sparse matrix
-product ``W_c G_c``, ``W`` the ``(batches × n)`` matrix of sample weights ``(count in batch)/B``
-(``B`` nonzeros per row). This
-costs one per-sample pass over the data plus a product, instead of a forward and backward pass
-per batch (``benchmarks/bench_noise.py`` measures the difference).
+Mini-batch gradients of all batches come from one pass over the data, not one forward and
+backward pass per batch (``benchmarks/bench_noise.py`` measures the difference):
+
+* ``method="linear-layers"`` (``θ`` made of whole ``nn.Linear`` layers, the default when it
+  applies): a layer's per-sample gradient is ``(δ_i a_iᵀ, δ_i)``, ``δ_i = ∂ℓ_i/∂z_i``, so
+  ``g_b = (1/B) Σ_{i∈b} (δ_i a_iᵀ, δ_i)`` is one batched matrix product ``Δ_bᵀ A_b`` per layer
+  over the gathered rows of the recorded ``A`` and ``Δ`` (one forward and backward pass over the
+  data, :mod:`valleys._linear_layers`). Per-sample gradients are never formed.
+* ``method="per-sample"`` (any model): each data chunk's per-sample gradients ``G_c``
+  (``vmap(grad)``) are combined into all batches by one sparse product ``W_c G_c``, ``W`` the
+  ``(batches × n)`` matrix of sample weights ``(count in batch)/B``.
 
 Alignment of the noise with the curvature: ``tr(CH)/(‖C‖_F ‖H‖_F)`` (cosine similarity of the
 two matrices; 1 when ``C ∝ H``) and the overlap ``‖U_Cᵀ U_H‖_F²/k`` of their top-``k``
@@ -29,10 +34,12 @@ from typing import Any
 
 import torch
 
+from valleys._linear_layers import Unsupported, forward_with_shifts, linear_layers
 from valleys._records import record_to_dict
 from valleys.objective import Objective
 
 __all__ = [
+    "MINIBATCH_METHODS",
     "NoiseStatistics",
     "batch_indices",
     "hessian_alignment",
@@ -89,31 +96,66 @@ def _check_indices(indices: torch.Tensor, n: int) -> torch.Tensor:
     return indices.long()
 
 
+MINIBATCH_METHODS = ("auto", "linear-layers", "per-sample")
+
+# Elements of one block of batch gradients (batches × p): blocks this size stay in cache.
+_BLOCK_ELEMENTS = 2**20
+
+
 def minibatch_gradients(
     objective: Objective,
     indices: torch.Tensor,
     theta: torch.Tensor | None = None,
     *,
     return_mean: bool = False,
+    method: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gradients ``g_b = (1/B) Σ_{i∈b} ∇ℓ_i(θ)`` of all batches ``b`` (rows of ``indices``).
 
-    Vectorized (module docstring): per-sample gradients chunk by chunk (the objective's
-    ``chunk_size`` bounds memory), combined into every batch by one product per chunk.
-    Returns ``(num_batches, p)``; with ``return_mean`` also the full gradient ``g`` (the mean
-    of the per-sample gradients, from the same pass).
+    Vectorized (module docstring): ``method="linear-layers"`` through the layer factors,
+    ``"per-sample"`` through per-sample gradients chunk by chunk (the objective's
+    ``chunk_size`` bounds memory), ``"auto"`` the first when ``θ`` is made of whole
+    ``nn.Linear`` layers each called once per forward pass, else the second. Returns
+    ``(num_batches, p)``; with ``return_mean`` also the full gradient ``g`` (from the same
+    pass).
 
     On a sharded objective ``indices`` are global; each rank adds the gradients of its own
     samples to every batch and one all-reduce sums the partial batch gradients (no per-sample
-    gradient leaves its rank).
+    quantity leaves its rank).
     """
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}")
+    if method not in MINIBATCH_METHODS:
+        raise ValueError(f"method must be one of {MINIBATCH_METHODS}, got {method!r}")
     indices = _check_indices(indices, objective.n)
     theta = objective.resolve_theta(theta)
-    out = torch.zeros((indices.shape[0], objective.dim), dtype=objective.dtype,
-                      device=objective.device)
-    mean = torch.zeros(objective.dim, dtype=objective.dtype, device=objective.device)
+    both = None
+    if method != "per-sample":
+        layers = linear_layers(objective)
+        if isinstance(layers, str):
+            if method == "linear-layers":
+                raise ValueError(f"method='linear-layers' does not apply: {layers}; use "
+                                 "method='per-sample' (any model)")
+        else:
+            try:
+                both = _linear_layers_gradients(objective, theta, layers, indices)
+            except Unsupported as error:
+                if method == "linear-layers":
+                    raise ValueError(f"method='linear-layers' does not apply: {error}; use "
+                                     "method='per-sample' (any model)") from error
+    if both is None:
+        both = _per_sample_gradients(objective, theta, indices)
+    # One (num_batches + 1, p) tensor, the last row Σ_i g_i: one all-reduce, and no copy.
+    both = objective.reduce(both, inputs=(theta,))
+    out, mean = both[:-1], both[-1] / objective.n
+    return (out, mean) if return_mean else out
+
+
+def _per_sample_gradients(objective: Objective, theta: torch.Tensor, indices: torch.Tensor):
+    """This process's share of every batch gradient, and ``Σ_i g_i`` in the last row."""
+    both = torch.zeros((indices.shape[0] + 1, objective.dim), dtype=objective.dtype,
+                       device=objective.device)
+    out, mean = both[:-1], both[-1]
     offset = objective.shard_start
     for G in objective.iter_per_sample_gradients(theta):
         c = G.shape[0]
@@ -133,9 +175,70 @@ def minibatch_gradients(
             out += torch.sparse.mm(W, G)
         mean += G.sum(0)
         offset += c
-    both = objective.reduce(torch.cat([out, mean[None]]), inputs=(theta,))
-    out, mean = both[:-1], both[-1] / objective.n
-    return (out, mean) if return_mean else out
+    return both
+
+
+def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, indices):
+    """This process's share of every batch gradient, and ``Σ_i g_i`` in the last row, from
+    the layer factors.
+
+    One forward and backward pass records ``a_i`` and ``δ_i = ∂ℓ_i/∂z_i`` of every layer for
+    this process's samples; then ``g_b = (1/B) Σ_{i∈b} (δ_i a_iᵀ, δ_i)`` for blocks of batches
+    by one batched product per layer, written straight into ``θ``'s layout.
+    """
+    inputs: list[list[torch.Tensor]] = [[] for _ in layers]
+    deltas: list[list[torch.Tensor]] = [[] for _ in layers]
+    for X, Y in objective.chunks():
+        out, acts, shifts = forward_with_shifts(objective, theta, layers, X)
+        grads = torch.autograd.grad(objective.loss_fn(out, Y).sum(), shifts)
+        for j, (a, d) in enumerate(zip(acts, grads, strict=True)):
+            inputs[j].append(a)
+            deltas[j].append(d)
+    A = [torch.cat(a) for a in inputs]
+    D = [torch.cat(d) for d in deltas]
+    num_batches, B = indices.shape
+    local = (indices - objective.shard_start).to(objective.device)
+    inside = (local >= 0) & (local < A[0].shape[0])
+    # Samples of other ranks' shards: any row, weight 0 (their rank adds them).
+    weight = None if bool(inside.all()) else inside.to(objective.dtype)[:, :, None]
+    local = torch.where(inside, local, torch.zeros_like(local))
+    both = torch.empty((num_batches + 1, objective.dim), dtype=objective.dtype,
+                       device=objective.device)
+    grads, mean = both[:-1], both[-1]
+    slots = _theta_slots(objective, layers)
+    block = max(1, _BLOCK_ELEMENTS // objective.dim)
+    for start in range(0, num_batches, block):
+        rows = local[start : start + block]
+        target = grads[start : start + block]
+        for m, a, d, (weight_at, bias_at) in zip(layers, A, D, slots, strict=True):
+            dw = d[rows]                                               # (blk, B, out)
+            if weight is not None:
+                dw = dw * weight[start : start + block]
+            target[:, weight_at].view(-1, *m.weight.shape).copy_(
+                torch.bmm(dw.transpose(1, 2), a[rows]))
+            if bias_at is not None:
+                target[:, bias_at] = dw.sum(1)
+    grads /= B
+    for a, d, (weight_at, bias_at) in zip(A, D, slots, strict=True):
+        mean[weight_at] = (d.T @ a).reshape(-1)
+        if bias_at is not None:
+            mean[bias_at] = d.sum(0)
+    return both
+
+
+def _theta_slots(objective: Objective, layers) -> list[tuple[slice, slice | None]]:
+    """Where each layer's weight and bias sit in the flat ``θ``."""
+    starts, at = {}, 0
+    for name, numel in zip(objective.names, objective.numels, strict=True):
+        starts[name] = slice(at, at + numel)
+        at += numel
+    prefix = {id(m): name for name, m in objective.model.named_modules()}
+    slots = []
+    for m in layers:
+        base = f"{prefix[id(m)]}." if prefix[id(m)] else ""
+        slots.append((starts[base + "weight"],
+                      starts[base + "bias"] if m.bias is not None else None))
+    return slots
 
 
 def minibatch_gradients_loop(

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
+from valleys._linear_layers import Unsupported, forward_with_shifts, linear_layers
 from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
@@ -68,78 +69,21 @@ _BLOCK_ELEMENTS = 2**25
 
 
 # -- building G ---------------------------------------------------------------------------------
-def _linear_layers(obj: Objective) -> list[nn.Linear] | str:
-    """The ``nn.Linear`` modules that make up ``θ``, or why the fast path does not apply."""
-    owner: dict[str, nn.Linear] = {}
-    for prefix, module in obj.model.named_modules():
-        if isinstance(module, nn.Linear):
-            for pname, _ in module.named_parameters(recurse=False):
-                owner[f"{prefix}.{pname}" if prefix else pname] = module
-    theta_names = set(obj.names)
-    outside = [k for k in obj.names if k not in owner]
-    if outside:
-        return f"parameters {outside[:3]} do not belong to nn.Linear layers"
-    layers: list[nn.Linear] = []
-    for name in obj.names:
-        module = owner[name]
-        if module not in layers:
-            layers.append(module)
-    for prefix, module in obj.model.named_modules():
-        if module in layers:
-            own = [
-                f"{prefix}.{p}" if prefix else p for p, _ in module.named_parameters(recurse=False)
-            ]
-            if not all(k in theta_names for k in own):
-                return f"layer {prefix!r} has only some of its parameters in θ"
-    shared = {id(m) for m in layers}
-    if len(shared) != len(layers):
-        return "a layer appears twice"
-    return layers
-
-
 def _layer_factors(obj: Objective, theta: torch.Tensor, layers: list[nn.Linear], X, Y):
     """Per-layer ``(ã, δ)`` of one chunk: ``ã`` (b, in[+1]), ``δ`` (b, K, out); and outputs."""
-    inputs: dict[int, torch.Tensor] = {}
-    shifts: dict[int, torch.Tensor] = {}
-    calls: dict[int, int] = {}
-
-    def hook(module, args, output):
-        key = id(module)
-        calls[key] = calls.get(key, 0) + 1
-        if args[0].ndim != 2 or output.ndim != 2:
-            raise _Unsupported("a Linear layer received a non-2-D input")
-        inputs[key] = args[0].detach()
-        shift = torch.zeros_like(output, requires_grad=True)
-        shifts[key] = shift
-        return output + shift
-
-    handles = [m.register_forward_hook(hook) for m in layers]
-    try:
-        out = obj.forward(theta.detach(), X)
-    finally:
-        for h in handles:
-            h.remove()
-    if any(calls.get(id(m), 0) != 1 for m in layers):
-        raise _Unsupported("a Linear layer is not called exactly once per forward pass")
+    out, inputs, shifts = forward_with_shifts(obj, theta, layers, X)
     b, K = out.shape
     cot = torch.eye(K, dtype=out.dtype, device=out.device)[:, None, :].expand(K, b, K)
-    grads = torch.autograd.grad(
-        out, [shifts[id(m)] for m in layers], cot.contiguous(), is_grads_batched=True,
-        allow_unused=True,
-    )
+    grads = torch.autograd.grad(out, shifts, cot.contiguous(), is_grads_batched=True,
+                                allow_unused=True)
     factors = []
-    for m, g in zip(layers, grads, strict=True):
-        a = inputs[id(m)]
+    for m, a, g in zip(layers, inputs, grads, strict=True):
         if m.bias is not None:
             a = torch.cat([a, torch.ones(b, 1, dtype=a.dtype, device=a.device)], dim=1)
         delta = torch.zeros(K, b, m.out_features, dtype=out.dtype, device=out.device) \
             if g is None else g
         factors.append((a, delta.permute(1, 0, 2)))
     return factors, out.detach()
-
-
-class _Unsupported(Exception):
-    pass
 
 
 def _linear_layer_factors(obj, theta, layers, dtype):
@@ -265,12 +209,12 @@ def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
     theta = obj.resolve_theta(theta)
     dtype = dtype or obj.dtype
     if method in ("auto", "linear-layers"):
-        layers = _linear_layers(obj)
+        layers = linear_layers(obj)
         reason = layers if isinstance(layers, str) else None
         if reason is None:
             try:
                 factors, r = _linear_layer_factors(obj, theta, layers, dtype)
-            except _Unsupported as err:
+            except Unsupported as err:
                 reason = str(err)
             else:
                 n, K = r.shape
