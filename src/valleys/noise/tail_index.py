@@ -141,6 +141,9 @@ def tail_index(
             gradient minus the full gradient); nothing is subtracted here.
         block_size: ``K1`` (default ``⌊√N⌋``); at least 2, with at least 2 blocks.
         num_bootstrap: bootstrap resamples of the blocks (0: the interval is ``(α̂, α̂)``).
+            A percentile interval from a handful of resamples is coarse and can even
+            miss ``α̂`` (all of 5 replicates fall on one side with probability 1/16);
+            use a few hundred.
         level: confidence level of the interval, in ``(0, 1)``.
         seed: seeds the bootstrap (same seed, same interval).
         min_samples: below this many samples a ``UserWarning`` says the estimate is unreliable.
