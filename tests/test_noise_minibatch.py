@@ -192,3 +192,24 @@ def test_matrix_free_statistics_match_the_gram_path():
     assert rough.frobenius == pytest.approx(exact.frobenius, rel=0.2)
     with pytest.raises(ValueError, match="method"):
         noise_statistics(obj, batch_size=4, method="svd")
+
+
+def test_linear_layers_path_with_a_layer_that_does_not_reach_the_loss():
+    """A Linear layer whose output is discarded has zero gradient (no autograd error)."""
+
+    class Detour(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.side, self.b = (torch.nn.Linear(5, 4), torch.nn.Linear(5, 2),
+                                         torch.nn.Linear(4, 3))
+
+        def forward(self, x):
+            self.side(x)  # computed and thrown away
+            return self.b(torch.tanh(self.a(x)))
+
+    torch.manual_seed(0)
+    X, Y = make_data("mse", n=9)
+    obj = Objective(Detour().double(), "mse", (X, Y))
+    idx = batch_indices(9, 3, 4, seed=0)
+    fast = minibatch_gradients(obj, idx, method="linear-layers")
+    torch.testing.assert_close(fast, minibatch_gradients_loop(obj, idx), rtol=1e-10, atol=1e-12)

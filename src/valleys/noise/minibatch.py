@@ -190,10 +190,10 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
     deltas: list[list[torch.Tensor]] = [[] for _ in layers]
     for X, Y in objective.chunks():
         out, acts, shifts = forward_with_shifts(objective, theta, layers, X)
-        grads = torch.autograd.grad(objective.loss_fn(out, Y).sum(), shifts)
-        for j, (a, d) in enumerate(zip(acts, grads, strict=True)):
+        grads = torch.autograd.grad(objective.loss_fn(out, Y).sum(), shifts, allow_unused=True)
+        for j, (a, d, shift) in enumerate(zip(acts, grads, shifts, strict=True)):
             inputs[j].append(a)
-            deltas[j].append(d)
+            deltas[j].append(torch.zeros_like(shift) if d is None else d)  # unused layer
     A = [torch.cat(a) for a in inputs]
     D = [torch.cat(d) for d in deltas]
     num_batches, B = indices.shape
