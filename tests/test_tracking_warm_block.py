@@ -154,10 +154,11 @@ class Snapshots:
         self.thetas[step] = theta.clone()
 
 
-@pytest.mark.parametrize(("k", "m"), [(1, 3), (3, 6)])
-def test_tracker_with_warm_block_matches_the_dense_hessian(k, m):
+@pytest.mark.parametrize(("k", "m", "ncv"), [(1, 3, None), (3, 6, None), (1, 3, 5), (2, 5, 6)])
+def test_tracker_with_warm_block_matches_the_dense_hessian(k, m, ncv):
+    """Also with a small basis (``ncv``), which restarts often to save memory."""
     obj, X, Y = tiny_problem()
-    tracker = SharpnessTracker(obj, k=k, every=2, tol=1e-10, warm_block=m)
+    tracker = SharpnessTracker(obj, k=k, every=2, tol=1e-10, warm_block=m, ncv=ncv)
     snaps = Snapshots()
     result = train(obj, lr=0.2, steps=20, record_every=2, callbacks=[tracker, snaps])
     for row in result.records:
@@ -213,6 +214,9 @@ def test_tracker_warm_block_validation():
         SharpnessTracker(obj, k=3, warm_block=2)
     with pytest.raises(ValueError, match="warm_start"):
         SharpnessTracker(obj, k=1, warm_block=2, warm_start=False)
+    for bad in (2, 3.0, True):
+        with pytest.raises(ValueError, match="ncv"):
+            SharpnessTracker(obj, k=1, ncv=bad)
 
 
 def test_preconditioned_tracker_with_warm_block_matches_the_dense_symmetric_form():

@@ -160,6 +160,11 @@ class SharpnessTracker:
         warm_block: the number ``m`` of previous Ritz vectors that seed a warm start,
             ``k <= m < p`` (default ``None``: ``2k + 1``, capped at ``p − 1``); ``m = 1``
             (with ``k = 1``) is the single-vector warm start.
+        ncv: largest basis size of the eigensolver (default: the solver's, ``m + 20`` for a
+            warm start, ``max(2k + 1, 20)`` for a cold one). **Memory**: a warm start keeps the
+            basis and its products, up to ``2·ncv`` vectors of size ``p`` (46 by default for
+            ``k = 1``), against ``ncv`` for cold Lanczos; for very large models pass a smaller
+            ``ncv`` (the basis is then restarted from its best Ritz vectors more often).
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class SharpnessTracker:
         seed: int = 0,
         max_matvecs: int | None = None,
         warm_block: int | None = None,
+        ncv: int | None = None,
     ) -> None:
         if not isinstance(objective, Objective):
             raise TypeError(f"SharpnessTracker needs a valleys.Objective, got {type(objective)}")
@@ -208,6 +214,11 @@ class SharpnessTracker:
         self.prefix = ("precond_" if preconditioned else "") if prefix is None else prefix
         self.seed = int(seed)
         self.max_matvecs = max_matvecs
+        if ncv is not None and (not isinstance(ncv, numbers.Integral) or isinstance(ncv, bool)
+                                or ncv < self.k + 2):
+            raise ValueError(f"ncv must be None or an integer >= k + 2 = {self.k + 2}, got "
+                             f"{ncv!r}")
+        self.ncv = None if ncv is None else int(ncv)
         self.history: list[dict[str, Any]] = []
         self._vectors: torch.Tensor | None = None
         self._block: torch.Tensor | None = None
@@ -257,11 +268,11 @@ class SharpnessTracker:
         seed = self.seed + len(self.history)
         if not self.warm_start:
             result = eigsh(op, k=self.k, which=self.which, tol=self.tol, seed=seed,
-                           max_matvecs=self.max_matvecs)
+                           max_matvecs=self.max_matvecs, ncv=self.ncv)
             return result, False
         V0, warm = self._start_block(op)
         result, ritz = block_eigsh(op, V0, k=self.k, which=self.which, tol=self.tol,
-                                   seed=seed, max_matvecs=self.max_matvecs)
+                                   seed=seed, max_matvecs=self.max_matvecs, ncv=self.ncv)
         self._block = ritz[:, : self.warm_block]
         return result, warm
 
