@@ -213,3 +213,26 @@ def test_linear_layers_path_with_a_layer_that_does_not_reach_the_loss():
     idx = batch_indices(9, 3, 4, seed=0)
     fast = minibatch_gradients(obj, idx, method="linear-layers")
     torch.testing.assert_close(fast, minibatch_gradients_loop(obj, idx), rtol=1e-10, atol=1e-12)
+
+
+class TiedHead(torch.nn.Module):
+    """The head's weight is also used outside its call (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(5, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.b(h) + 0.5 * torch.nn.functional.linear(h, self.b.weight)
+
+
+def test_tied_weights_are_detected_and_take_the_per_sample_path():
+    torch.manual_seed(0)
+    X, Y = make_data("ce", n=9)
+    obj = Objective(TiedHead().double(), "ce", (X, Y))
+    idx = batch_indices(9, 3, 4, seed=0)
+    torch.testing.assert_close(minibatch_gradients(obj, idx), minibatch_gradients_loop(obj, idx),
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"outside their nn\.Linear calls"):
+        minibatch_gradients(obj, idx, method="linear-layers")

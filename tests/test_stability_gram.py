@@ -104,3 +104,27 @@ def test_gram_falls_back_for_non_linear_parameters():
         gram_sharpness_nonuniformity(obj, form="factored")
     with pytest.raises(ValueError, match=r"linear-layers.*does not apply"):
         gram_matrix(obj, method="linear-layers")
+
+
+def test_gram_detects_tied_weights_and_falls_back():
+    """A Linear weight also used outside its call breaks J rows = (δ aᵀ, δ): the layer-factor
+    path would give a wrong G, so it is refused and the Jacobian path is taken."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            return self.b(h) + 0.5 * nn.functional.linear(h, self.b.weight)
+
+    torch.manual_seed(0)
+    X = torch.randn(6, 3, dtype=F64)
+    obj = valleys.Objective(Tied().double(), "mse", (X, torch.zeros(6, 2, dtype=F64)))
+    G, _, method = gram_matrix(obj)
+    assert method == "jacobian"
+    J = torch.func.jacrev(lambda t: obj.forward(t, X))(obj.parameters_vector()).reshape(12, -1)
+    torch.testing.assert_close(G, J @ J.T, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"outside their nn\.Linear calls"):
+        gram_matrix(obj, method="linear-layers")

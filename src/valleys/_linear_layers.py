@@ -7,9 +7,16 @@ the layer inputs ``a_i`` and the output cotangents ``δ_i`` suffice. :func:`forw
 records ``a_i`` with a forward hook and adds a zero ``shift`` to each layer's output, whose
 gradient is ``δ``. Users: the Gram path of :mod:`valleys.stability.gram` (``φ = f_k``) and the
 mini-batch gradients of :mod:`valleys.noise.minibatch` (``φ = ℓ``).
+
+Call counts and input shapes are checked by the hook, but a parameter of ``θ`` can also be used
+outside its layer's call (``F.linear(h, layer.weight)``, tied weights); then the gradient is no
+longer ``(δ aᵀ, δ)``. :func:`check_factored_gradient` compares the factored gradient with
+autograd's on a few samples once, and raises :class:`Unsupported` when they differ.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,3 +90,56 @@ def forward_with_shifts(
     if any(calls.get(id(m), 0) != 1 for m in layers):
         raise Unsupported("a Linear layer is not called exactly once per forward pass")
     return out, [inputs[id(m)] for m in layers], [shifts[id(m)] for m in layers]
+
+
+def theta_slots(obj: Objective, layers: list[nn.Linear]) -> list[tuple[slice, slice | None]]:
+    """Where each layer's weight and bias sit in the flat ``θ``."""
+    starts, at = {}, 0
+    for name, numel in zip(obj.names, obj.numels, strict=True):
+        starts[name] = slice(at, at + numel)
+        at += numel
+    prefix = {id(m): name for name, m in obj.model.named_modules()}
+    slots = []
+    for m in layers:
+        base = f"{prefix[id(m)]}." if prefix[id(m)] else ""
+        slots.append((starts[base + "weight"],
+                      starts[base + "bias"] if m.bias is not None else None))
+    return slots
+
+
+def check_factored_gradient(
+    obj: Objective,
+    theta: torch.Tensor,
+    layers: list[nn.Linear],
+    X: torch.Tensor,
+    phi: Callable[[torch.Tensor], torch.Tensor],
+    samples: int = 4,
+) -> None:
+    """Raise :class:`Unsupported` unless ``∇_θ Σ_i φ_i = Σ_i (δ_i a_iᵀ, δ_i)`` on a few samples.
+
+    ``phi(out)`` maps the model outputs of the first ``samples`` rows of ``X`` to the scalar
+    ``Σ_i φ_i``. Both sides agree to rounding when ``θ`` enters the loss only through the
+    layers' calls; a mismatch above ``sqrt(eps)`` relative means it does not.
+    """
+    X = X[:samples]
+    leaf = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        gradient = torch.autograd.grad(phi(obj.forward(leaf, X)), leaf, allow_unused=True)[0]
+        out, acts, shifts = forward_with_shifts(obj, theta, layers, X)
+        deltas = torch.autograd.grad(phi(out), shifts, allow_unused=True, materialize_grads=True)
+    structured = torch.zeros(obj.dim, dtype=theta.dtype, device=theta.device)
+    for a, d, (weight_at, bias_at) in zip(acts, deltas, theta_slots(obj, layers), strict=True):
+        structured[weight_at] = (d.T @ a).reshape(-1)
+        if bias_at is not None:
+            structured[bias_at] = d.sum(0)
+    if gradient is None:
+        gradient = torch.zeros_like(structured)
+    error = float((structured - gradient).norm())
+    scale = float(structured.norm() + gradient.norm())
+    if error > torch.finfo(theta.dtype).eps ** 0.5 * scale:
+        raise Unsupported(
+            "the loss depends on parameters of θ outside their nn.Linear calls (tied or reused "
+            f"weights: the per-sample gradients are not (δ aᵀ, δ), relative mismatch "
+            f"{error / scale:.1e})"
+        )
+

@@ -34,7 +34,13 @@ from typing import Any
 
 import torch
 
-from valleys._linear_layers import Unsupported, forward_with_shifts, linear_layers
+from valleys._linear_layers import (
+    Unsupported,
+    check_factored_gradient,
+    forward_with_shifts,
+    linear_layers,
+    theta_slots,
+)
 from valleys._records import record_to_dict
 from valleys.objective import Objective
 
@@ -188,6 +194,9 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
     """
     inputs: list[list[torch.Tensor]] = [[] for _ in layers]
     deltas: list[list[torch.Tensor]] = [[] for _ in layers]
+    X, Y = next(iter(objective.chunks()))
+    check_factored_gradient(objective, theta, layers, X,
+                            lambda out: objective.loss_fn(out, Y[: out.shape[0]]).sum())
     for X, Y in objective.chunks():
         out, acts, shifts = forward_with_shifts(objective, theta, layers, X)
         grads = torch.autograd.grad(objective.loss_fn(out, Y).sum(), shifts, allow_unused=True)
@@ -205,7 +214,7 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
     both = torch.empty((num_batches + 1, objective.dim), dtype=objective.dtype,
                        device=objective.device)
     grads, mean = both[:-1], both[-1]
-    slots = _theta_slots(objective, layers)
+    slots = theta_slots(objective, layers)
     block = max(1, _BLOCK_ELEMENTS // objective.dim)
     for start in range(0, num_batches, block):
         rows = local[start : start + block]
@@ -224,21 +233,6 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
         if bias_at is not None:
             mean[bias_at] = d.sum(0)
     return both
-
-
-def _theta_slots(objective: Objective, layers) -> list[tuple[slice, slice | None]]:
-    """Where each layer's weight and bias sit in the flat ``θ``."""
-    starts, at = {}, 0
-    for name, numel in zip(objective.names, objective.numels, strict=True):
-        starts[name] = slice(at, at + numel)
-        at += numel
-    prefix = {id(m): name for name, m in objective.model.named_modules()}
-    slots = []
-    for m in layers:
-        base = f"{prefix[id(m)]}." if prefix[id(m)] else ""
-        slots.append((starts[base + "weight"],
-                      starts[base + "bias"] if m.bias is not None else None))
-    return slots
 
 
 def minibatch_gradients_loop(

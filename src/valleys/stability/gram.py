@@ -52,7 +52,12 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
-from valleys._linear_layers import Unsupported, forward_with_shifts, linear_layers
+from valleys._linear_layers import (
+    Unsupported,
+    check_factored_gradient,
+    forward_with_shifts,
+    linear_layers,
+)
 from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
@@ -88,6 +93,8 @@ def _layer_factors(obj: Objective, theta: torch.Tensor, layers: list[nn.Linear],
 
 def _linear_layer_factors(obj, theta, layers, dtype):
     """Per-layer ``(Ã, Δ)`` of all samples, ``Ã`` (n, in[+1]) and ``Δ`` (n, K, out); residuals."""
+    X, _ = next(iter(obj.chunks()))
+    check_factored_gradient(obj, theta, layers, X, lambda out: out.sum())  # J rows = (δ aᵀ, δ)
     per_layer: list[tuple[list, list]] = [([], []) for _ in layers]
     residuals = []
     for X, Y in obj.chunks():
