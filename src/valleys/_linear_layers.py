@@ -92,19 +92,26 @@ def forward_with_shifts(
     return out, [inputs[id(m)] for m in layers], [shifts[id(m)] for m in layers]
 
 
-def theta_slots(obj: Objective, layers: list[nn.Linear]) -> list[tuple[slice, slice | None]]:
-    """Where each layer's weight and bias sit in the flat ``θ``."""
-    starts, at = {}, 0
-    for name, numel in zip(obj.names, obj.numels, strict=True):
-        starts[name] = slice(at, at + numel)
-        at += numel
+def parameter_names(obj: Objective, layers: list[nn.Linear]) -> list[tuple[str, str | None]]:
+    """The names in ``θ`` of each layer's weight and bias (``None`` for a layer without)."""
     prefix = {id(m): name for name, m in obj.model.named_modules()}
-    slots = []
+    names = []
     for m in layers:
         base = f"{prefix[id(m)]}." if prefix[id(m)] else ""
-        slots.append((starts[base + "weight"],
-                      starts[base + "bias"] if m.bias is not None else None))
-    return slots
+        names.append((base + "weight", base + "bias" if m.bias is not None else None))
+    return names
+
+
+def factored_gradient(
+    obj: Objective, layers: list[nn.Linear], acts: list[torch.Tensor], deltas: list[torch.Tensor]
+) -> torch.Tensor:
+    """``Σ_i (δ_i a_iᵀ, δ_i)`` over the rows of ``acts`` and ``deltas``, in ``θ``'s layout."""
+    named = {}
+    for (weight, bias), a, d in zip(parameter_names(obj, layers), acts, deltas, strict=True):
+        named[weight] = d.T @ a
+        if bias is not None:
+            named[bias] = d.sum(0)
+    return obj.flatten(named)
 
 
 def check_factored_gradient(
@@ -127,11 +134,7 @@ def check_factored_gradient(
         gradient = torch.autograd.grad(phi(obj.forward(leaf, X)), leaf, allow_unused=True)[0]
         out, acts, shifts = forward_with_shifts(obj, theta, layers, X)
         deltas = torch.autograd.grad(phi(out), shifts, allow_unused=True, materialize_grads=True)
-    structured = torch.zeros(obj.dim, dtype=theta.dtype, device=theta.device)
-    for a, d, (weight_at, bias_at) in zip(acts, deltas, theta_slots(obj, layers), strict=True):
-        structured[weight_at] = (d.T @ a).reshape(-1)
-        if bias_at is not None:
-            structured[bias_at] = d.sum(0)
+    structured = factored_gradient(obj, layers, acts, deltas)
     if gradient is None:
         gradient = torch.zeros_like(structured)
     error = float((structured - gradient).norm())

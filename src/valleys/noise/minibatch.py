@@ -37,9 +37,10 @@ import torch
 from valleys._linear_layers import (
     Unsupported,
     check_factored_gradient,
+    factored_gradient,
     forward_with_shifts,
     linear_layers,
-    theta_slots,
+    parameter_names,
 )
 from valleys._records import record_to_dict
 from valleys.objective import Objective
@@ -214,24 +215,23 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
     both = torch.empty((num_batches + 1, objective.dim), dtype=objective.dtype,
                        device=objective.device)
     grads, mean = both[:-1], both[-1]
-    slots = theta_slots(objective, layers)
+    names = parameter_names(objective, layers)
     block = max(1, _BLOCK_ELEMENTS // objective.dim)
     for start in range(0, num_batches, block):
         rows = local[start : start + block]
-        target = grads[start : start + block]
-        for m, a, d, (weight_at, bias_at) in zip(layers, A, D, slots, strict=True):
+        views = dict(zip(objective.names,
+                         torch.split(grads[start : start + block], objective.numels, dim=1),
+                         strict=True))
+        for m, a, d, (weight_name, bias_name) in zip(layers, A, D, names, strict=True):
             dw = d[rows]                                               # (blk, B, out)
             if weight is not None:
                 dw = dw * weight[start : start + block]
-            target[:, weight_at].view(-1, *m.weight.shape).copy_(
+            views[weight_name].view(-1, *m.weight.shape).copy_(
                 torch.bmm(dw.transpose(1, 2), a[rows]))
-            if bias_at is not None:
-                target[:, bias_at] = dw.sum(1)
+            if bias_name is not None:
+                views[bias_name].copy_(dw.sum(1))
     grads /= B
-    for a, d, (weight_at, bias_at) in zip(A, D, slots, strict=True):
-        mean[weight_at] = (d.T @ a).reshape(-1)
-        if bias_at is not None:
-            mean[bias_at] = d.sum(0)
+    mean.copy_(factored_gradient(objective, layers, A, D))
     return both
 
 
