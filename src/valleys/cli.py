@@ -215,18 +215,27 @@ def curvature(
 @app.command()
 def reproduce(
     name: Annotated[str, typer.Argument(help="Experiment name (see --list).")] = "",
-    quick: Annotated[bool, typer.Option("--quick", help="The quick preset (minutes on a CPU).")] = (
-        False
-    ),
-    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="Same as --preset quick.")] = False,
+    preset: Annotated[
+        str | None, typer.Option(help="quick (minutes on a CPU) or full (default).")
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (default: the preset's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default results/NAME).")] = None,
     list_all: Annotated[bool, typer.Option("--list", help="List the experiments.")] = False,
 ) -> None:
-    """Run a paper reproduction: figures, results table, summary.json and report.md."""
-    from valleys.experiments import EXPERIMENTS, get_experiment
+    """Run a paper reproduction: figures, results table, summary.json and report.md.
+
+    Finished seeds in the output folder are reused, so an interrupted run resumes.
+    """
+    from valleys.experiments import EXPERIMENTS, LEGACY, load_experiment
+    from valleys.experiments.driver import prepare_output, resolve_device, run
 
     if list_all or not name:
-        for known in sorted(EXPERIMENTS):
+        for known in sorted({*EXPERIMENTS, *LEGACY}):
             typer.echo(known)
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -234,10 +243,31 @@ def reproduce(
             "valleys reproduce runs on one process (its experiments build their own objectives, "
             "so every rank would repeat the whole run); launch it without torchrun"
         )
-    experiment = get_experiment(name)
-    preset = "quick" if quick else "full"
-    folder = out or Path("results") / name
-    experiment.run(folder, preset=preset, seed=seed, progress=True)
+    if quick and preset not in (None, "quick"):
+        raise ValueError(f"--quick contradicts --preset {preset}; give one of them")
+    chosen = "quick" if quick else (preset or "full")
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2"
+            ) from None
+    if name in LEGACY:  # TEMPORARY: until every reproduction follows the protocol
+        import importlib
+
+        folder = out or Path("results") / name
+        importlib.import_module(LEGACY[name]).run(
+            folder, preset=chosen, seed=(seed_list or [0])[0], progress=True
+        )
+        Console().print(f"report written to {(folder / 'report.md').resolve()}")
+        return
+    experiment = load_experiment(name)
+    # Arguments are checked here, before anything is computed.
+    resolve_device(device)
+    folder = prepare_output(out or Path("results") / name)
+    run(experiment, folder, preset=chosen, seeds=seed_list, device=device, progress=True)
     Console().print(f"report written to {(folder / 'report.md').resolve()}")
 
 

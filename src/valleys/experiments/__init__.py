@@ -1,34 +1,77 @@
-"""Reproductions: one module per paper result, each a function of a preset.
+"""Reproductions: one folder per paper result, one driver for all of them.
 
-Every experiment module defines ``NAME``, ``PRESETS`` (at least ``"quick"`` and ``"full"``) and
-``run(out, *, preset="quick", seed=0, progress=True) -> dict`` (the summary it also writes to
-``out/summary.json``). ``valleys reproduce NAME`` looks experiments up here.
+Each reproduction is a folder ``experiments/<name>/`` holding ``measure.py`` (the science),
+``figures.py`` (the pictures) and ``report.py`` (the prose); see
+:mod:`valleys.experiments.protocol` for what each defines. A new folder is found by itself:
+adding a reproduction means writing those three files. ``valleys reproduce NAME`` and
+:func:`run` drive them.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from pathlib import Path
 
-__all__ = ["EXPERIMENTS", "get_experiment"]
+from valleys.experiments.driver import run
+from valleys.experiments.protocol import Claim, ClaimSpec, Experiment, Figure, judge_seeds, spread
 
-# name -> module path; modules are imported only when asked for.
+__all__ = [
+    "EXPERIMENTS",
+    "Claim",
+    "ClaimSpec",
+    "Experiment",
+    "Figure",
+    "judge_seeds",
+    "load_experiment",
+    "run",
+    "spread",
+]
+
+_HERE = Path(__file__).resolve().parent
+
+#: name -> package folder; the modules are imported only when an experiment is loaded.
 EXPERIMENTS: dict[str, str] = {
-    "linear-stability": "valleys.experiments.linear_stability",
-    "input-smoothness": "valleys.experiments.input_smoothness",
-    "multiscale": "valleys.experiments.multiscale",
-    "edge-of-stability": "valleys.experiments.edge_of_stability",
-    "meanfield-two-layer": "valleys.experiments.meanfield_two_layer",
-    "meanfield-batchnorm": "valleys.experiments.meanfield_batchnorm",
-    "meanfield-resnet": "valleys.experiments.meanfield_resnet",
-    "quasistatic-games": "valleys.experiments.quasistatic_games",
-    "sgd-vs-adam": "valleys.experiments.sgd_vs_adam",
+    folder.name.replace("_", "-"): folder.name
+    for folder in sorted(_HERE.iterdir())
+    if folder.is_dir() and (folder / "measure.py").exists()
+}
+
+# TEMPORARY (removed once every reproduction is a folder): single-module reproductions with
+# their own ``run(out, preset=, seed=, progress=)``.
+_INTERNAL = {"__init__", "common", "driver", "output", "plotting", "protocol"}
+LEGACY: dict[str, str] = {
+    f.stem.replace("_", "-"): f"valleys.experiments.{f.stem}"
+    for f in sorted(_HERE.glob("*.py"))
+    if f.stem not in _INTERNAL and f.stem.replace("_", "-") not in EXPERIMENTS
 }
 
 
-def get_experiment(name: str) -> ModuleType:
-    """The experiment module registered under ``name``."""
+def load_experiment(name: str) -> Experiment:
+    """The reproduction registered under ``name`` (its three modules, checked)."""
     if name not in EXPERIMENTS:
         known = ", ".join(sorted(EXPERIMENTS)) or "none yet"
         raise ValueError(f"unknown experiment {name!r}; available: {known}")
-    return importlib.import_module(EXPERIMENTS[name])
+    package = f"valleys.experiments.{EXPERIMENTS[name]}"
+    measure = importlib.import_module(f"{package}.measure")
+    figures = importlib.import_module(f"{package}.figures")
+    report = importlib.import_module(f"{package}.report")
+    if measure.NAME != name:
+        raise RuntimeError(f"{package}.measure.NAME is {measure.NAME!r}, not {name!r}")
+    missing = {"quick", "full"} - set(measure.PRESETS)
+    if missing:
+        raise RuntimeError(f"{name}: PRESETS lacks {sorted(missing)}")
+    title = (measure.__doc__ or "").strip().splitlines()[0].rstrip(".") if measure.__doc__ else ""
+    return Experiment(
+        name=name,
+        paper=measure.PAPER,
+        presets=measure.PRESETS,
+        claim_specs=tuple(measure.CLAIMS),
+        measure=measure.measure,
+        claims=measure.claims,
+        figures=figures.figures,
+        table=report.table,
+        report=report.report,
+        summary=getattr(measure, "summary", None),
+        seeds=getattr(measure, "SEEDS", {}),
+        title=title,
+    )

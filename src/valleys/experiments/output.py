@@ -23,9 +23,10 @@ __all__ = ["OutputFolder"]
 class OutputFolder:
     """A reproduction's output folder (created if needed)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, check_figures: bool = False) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.check_figures = check_figures
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -47,8 +48,21 @@ class OutputFolder:
         return self.write_text(name, frame.to_csv(index=False))
 
     def save_figure(self, fig, stem: str, *, dpi: int = 150) -> list[Path]:
-        """Save a matplotlib figure as ``stem.png`` and ``stem.svg`` and close it."""
+        """Save a matplotlib figure as ``stem.png`` and ``stem.svg`` and close it.
+
+        With ``check_figures`` (the driver's folders) a figure with unlabelled axes, a legend
+        over data or non-positive values on a log axis is refused with a ``ValueError``
+        (:func:`~valleys.experiments.plotting.figure_problems`).
+        """
         import matplotlib.pyplot as plt
+
+        if self.check_figures:
+            from valleys.experiments.plotting import figure_problems
+
+            problems = figure_problems(fig)
+            if problems:
+                plt.close(fig)
+                raise ValueError(f"figure {stem!r} is not fit to publish: " + "; ".join(problems))
 
         paths = []
         for suffix in ("png", "svg"):
