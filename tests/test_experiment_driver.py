@@ -17,6 +17,7 @@ import torch
 
 from valleys.experiments import ClaimSpec, Experiment, Figure, judge_seeds, run, spread
 from valleys.experiments.driver import prepare_output, resolve_device
+from valleys.experiments.index import write_index
 from valleys.experiments.output import OutputFolder
 from valleys.experiments.plotting import figure_problems, seed_band
 
@@ -89,6 +90,15 @@ def test_run_writes_the_output_contract(tmp_path):
     assert (tmp_path / "running_mean.png").exists() and (tmp_path / "results.csv").exists()
     report = (tmp_path / "report.md").read_text()
     assert "mean-zero" in report and "Figure 1." in report and "The largest |mean|" in report
+
+
+def test_index_lists_every_claim(tmp_path):
+    run(_toy(), tmp_path / "toy", preset="quick", progress=False)
+    text = write_index(tmp_path).read_text()
+    assert "[toy](toy/report.md)" in text and "|mean| <= tol on every seed" in text
+    assert "**agrees**" in text
+    with pytest.raises(ValueError, match=r"no \*/summary\.json"):
+        write_index(tmp_path / "toy")
 
 
 def test_finished_seeds_are_resumed_and_config_changes_rerun(tmp_path):

@@ -271,6 +271,16 @@ def reproduce(
     Console().print(f"report written to {(folder / 'report.md').resolve()}")
 
 
+@app.command()
+def results(
+    folder: Annotated[Path, typer.Argument(help="A folder of reproduction outputs.")],
+) -> None:
+    """Write FOLDER/README.md: every claim's criterion, measured values and verdict."""
+    from valleys.experiments.index import write_index
+
+    Console().print(f"index written to {write_index(folder).resolve()}")
+
+
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))

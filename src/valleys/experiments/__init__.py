@@ -38,7 +38,7 @@ EXPERIMENTS: dict[str, str] = {
 
 # TEMPORARY (removed once every reproduction is a folder): single-module reproductions with
 # their own ``run(out, preset=, seed=, progress=)``.
-_INTERNAL = {"__init__", "common", "driver", "output", "plotting", "protocol"}
+_INTERNAL = {"__init__", "common", "driver", "index", "output", "plotting", "protocol"}
 LEGACY: dict[str, str] = {
     f.stem.replace("_", "-"): f"valleys.experiments.{f.stem}"
     for f in sorted(_HERE.glob("*.py"))

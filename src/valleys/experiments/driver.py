@@ -266,6 +266,7 @@ def run(
     records: dict[int, Any] = {}
     measure_s: dict[int, float] = {}
     resumed: list[int] = []
+    machines: dict[int, dict[str, Any]] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -286,11 +287,13 @@ def run(
             tic = time.perf_counter()
             raw = _measure_seed(experiment, config, seed, dev, seed_dir / f"seed-{seed}")
             stored = {"key": key, "seed": seed, "wall_s": time.perf_counter() - tic,
+                      "versions": _versions(), "platform": platform.platform(),
                       "records": _plain(raw)}
             _atomic_json(target, stored)
             stored = json.loads(target.read_text(encoding="utf-8"))
         records[seed] = stored["records"]
         measure_s[seed] = stored["wall_s"]
+        machines[seed] = {"versions": stored.get("versions"), "platform": stored.get("platform")}
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -337,6 +340,7 @@ def run(
             "measure_s": float(sum(measure_s.values())),
             "seed_wall_s": {str(s): measure_s[s] for s in chosen},
             "resumed_seeds": resumed,
+            "seed_machines": {str(s): machines[s] for s in chosen},
         },
         **extra,
     }
