@@ -71,6 +71,7 @@ from dataclasses import dataclass
 
 import torch
 
+from valleys._checks import positive_real
 from valleys._records import record_to_dict
 
 __all__ = [
@@ -330,8 +331,7 @@ def compare_bn_riemannian(X: torch.Tensor, y: torch.Tensor, a0: torch.Tensor, W0
     _check_params(a0, W0, X.shape[1])
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    positive_real(lr, "lr")
     mean, cov = bn_statistics(X)
     a_bn, W = a0.detach(), W0.detach()
     a_r = a0.detach()

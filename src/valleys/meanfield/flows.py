@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from valleys._checks import positive_real
 from valleys._records import record_to_dict
 from valleys.meanfield.particles import ParticleMeasure
 
@@ -159,8 +160,7 @@ def wfr_step(measure: ParticleMeasure, field: Field, lr: float, *, reaction_rate
 
 
 def _check_lr(lr: float) -> None:
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    positive_real(lr, "lr")
 
 
 def knn_entropy(measure: ParticleMeasure, *, chunk_size: int = 2048) -> float:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
+from valleys._checks import positive_real
 from valleys._records import record_to_dict
 
 __all__ = [
@@ -437,8 +438,9 @@ def train_resnet(X0: torch.Tensor, Y: torch.Tensor, params: ResNetParams, head: 
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
-    if not lr > 0 or budget < 1:
-        raise ValueError("lr must be positive and budget >= 1")
+    positive_real(lr, "lr")
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1 (block passes), got {budget!r}")
     L = params.depth
     if scheme == "refine":
         stride = 2**refinements

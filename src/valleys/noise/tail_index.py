@@ -101,6 +101,9 @@ def _as_tensor(samples: Any) -> torch.Tensor:
     x = x.cpu().to(torch.float64)  # a cheap statistic: float64 on the host, whatever the input
     if not torch.isfinite(x).all():
         raise ValueError("samples contain NaN or infinite values; drop them first")
+    if x.shape[0] > 1 and bool((x == x[0]).all()):
+        raise ValueError("all samples are equal, so they carry no information on a tail; pass "
+                         "the centred noise (e.g. mini-batch gradient minus the full gradient)")
     return x
 
 

@@ -7,19 +7,14 @@ import numbers
 
 import torch
 
+from valleys._checks import positive_real
 from valleys.objective import Objective
 
 
 def check_lr(lr: object) -> float:
     """A finite, strictly positive learning rate as a float."""
-    if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(
-            f"lr must be a positive finite number, got {lr!r}; the stability of SGD is only "
-            "defined for a step size η > 0"
-        )
-    return float(lr)
+    return positive_real(lr, "lr", hint="the stability of SGD is only defined for a step size "
+                                        "η > 0")
 
 
 def check_n(n: object) -> int:

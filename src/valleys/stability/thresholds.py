@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from valleys._checks import positive_real
+
 __all__ = ["OPTIMIZER_THRESHOLDS", "threshold"]
 
 #: The optimizers :func:`threshold` knows, with the momentum keyword each one takes.
@@ -68,10 +70,7 @@ def threshold(optimizer: str, lr: float, **hyper: float) -> float:
         raise ValueError(
             f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_THRESHOLDS)}"
         )
-    if (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr)
-            or lr <= 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    lr = float(lr)
+    lr = positive_real(lr, "lr")
     key = OPTIMIZER_THRESHOLDS[optimizer]
     unexpected = sorted(set(hyper) - ({key} if key else set()))
     if unexpected:

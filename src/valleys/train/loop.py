@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
+from valleys._checks import positive_real
 from valleys.objective import Objective
 
 __all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainContext", "TrainResult", "train"]
@@ -213,8 +214,15 @@ def train(
 def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {OPTIMIZERS}")
-    if not (isinstance(config.lr, int | float) and math.isfinite(config.lr) and config.lr > 0):
-        raise ValueError(f"the learning rate must be a positive finite number, got {config.lr!r}")
+    config = replace(
+        config,
+        lr=positive_real(config.lr, "the learning rate lr"),
+        divergence_factor=positive_real(
+            config.divergence_factor, "divergence_factor",
+            hint="a run counts as diverged once its loss exceeds this multiple of the initial "
+                 "loss",
+        ),
+    )
     if not isinstance(config.steps, int) or config.steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {config.steps!r}")
     if not isinstance(config.record_every, int) or config.record_every < 1:
