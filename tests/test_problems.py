@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from valleys import problems
 from valleys.problems import PROBLEMS, load_problem
 
 
@@ -41,3 +42,46 @@ def test_bad_problem_arguments():
         load_problem("digits-mlp", num_samples=100)
     with pytest.raises(ValueError, match="split"):
         load_problem("digits-mlp", trained=False).objective("validation")
+
+
+def test_damaged_or_altered_checkpoints_are_retrained_never_used(tmp_path, monkeypatch):
+    calls = []
+
+    def quick_train(model, spec, data, seed):  # stands in for the real recipe (seconds each)
+        calls.append(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)
+        return {"train_loss": 0.0}
+
+    monkeypatch.setattr(problems, "_train", quick_train)
+
+    def trained(problem):
+        return all(bool((p == 0.5).all()) for p in problem.model.parameters())
+
+    path = load_problem("digits-mlp", cache_dir=tmp_path).checkpoint
+    assert calls == [0] and trained(load_problem("digits-mlp", cache_dir=tmp_path))
+    assert calls == [0]  # a verified checkpoint is loaded, not retrained
+    # Truncated: detected by the hash, named in the warning, retrained.
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match=r"digits-mlp-seed0-.*\.pt' is not used: its content"):
+        assert trained(load_problem("digits-mlp", cache_dir=tmp_path))
+    # Altered but loadable (a tampered weight): refused, not loaded.
+    payload = torch.load(path, weights_only=True)
+    next(iter(payload["state_dict"].values())).add_(1.0)
+    torch.save(payload, path)
+    with pytest.warns(UserWarning, match="does not match the hash"):
+        assert trained(load_problem("digits-mlp", cache_dir=tmp_path))
+    # A checkpoint without its hash (a kill between the two writes) is retrained too.
+    path.with_name(path.name + ".sha256").unlink()
+    with pytest.warns(UserWarning, match="no content hash"):
+        assert trained(load_problem("digits-mlp", cache_dir=tmp_path))
+    assert calls == [0, 0, 0, 0]
+    assert trained(load_problem("digits-mlp", cache_dir=tmp_path)) and len(calls) == 4
+
+
+def test_unwritable_cache_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"cannot be written.*VALLEYS_CACHE_DIR"):
+        load_problem("digits-mlp", cache_dir=blocker)

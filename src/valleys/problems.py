@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,11 +164,12 @@ def load_problem(
     if trained:
         train_data = spec.dataset(seed=seed, **spec.data_kwargs)
         checkpoint = _checkpoint_path(spec, seed, cache_dir)
-        if checkpoint.exists():
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = _load_verified(checkpoint)
+        if saved is not None:
             model.load_state_dict(saved["state_dict"])
             history = json.loads(saved["history"])
         else:
+            _check_writable(checkpoint.parent)
             history = _train(model, spec, train_data, seed)
             _save_atomically(checkpoint, {"state_dict": model.state_dict(),
                                           "history": json.dumps(history)})
@@ -220,8 +222,58 @@ def _train(model: nn.Module, spec: ProblemSpec, data: datasets.Dataset, seed: in
         }
 
 
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_verified(path: Path) -> dict | None:
+    """The cached checkpoint if its content matches the hash stored beside it; ``None`` (with a
+    warning naming the file and the reason) when it is missing, damaged or altered."""
+    if not path.exists():
+        return None
+    digest = _digest_path(path)
+    reason = None
+    if not digest.exists():
+        reason = "it has no content hash beside it (an interrupted write, or an old cache)"
+    elif digest.read_text(encoding="utf-8").strip() != _file_digest(path):
+        reason = "its content does not match the hash stored beside it (changed or truncated)"
+    else:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if not {"state_dict", "history"} <= set(saved):
+                raise KeyError("state_dict/history")
+            return saved
+        except Exception as error:  # any unreadable file is retrained, never used
+            reason = f"it cannot be read ({type(error).__name__}: {error})"
+    warnings.warn(f"cached checkpoint {str(path)!r} is not used: {reason}; training it again",
+                  UserWarning, stacklevel=3)
+    return None
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"the checkpoint cache {str(folder)!r} cannot be written ({error.strerror}); set "
+            "VALLEYS_CACHE_DIR (or cache_dir=) to a writable folder"
+        ) from None
+
+
 def _save_atomically(path: Path, payload: dict) -> None:
+    """Write the checkpoint, then its content hash (a kill in between leaves a checkpoint
+    without a hash, which is retrained rather than trusted)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         torch.save(payload, handle)
     os.replace(handle.name, path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
+                                     encoding="utf-8") as handle:
+        handle.write(_file_digest(path) + "\n")
+    os.replace(handle.name, _digest_path(path))
