@@ -432,3 +432,15 @@ def test_json_round_trip_of_store_config(helper, tmp_path):
     (record,) = store.records("j")
     assert record["config"] == {"tag": "a", "x": 2}
     assert record["metrics"] == json.loads(json.dumps({"loss": 4.0, "twice": 4}))
+
+
+def test_garbage_or_folder_store_is_named_and_left_untouched(tmp_path):
+    garbage = tmp_path / "runs.sqlite"
+    content = b"this is not a database " * 100
+    garbage.write_bytes(content)
+    with pytest.raises(ValueError, match=r"runs\.sqlite' is damaged or not a valleys results "
+                                         r"store .*left as it is"):
+        ResultsStore(garbage)
+    assert garbage.read_bytes() == content
+    with pytest.raises(ValueError, match="is a folder; give a file path"):
+        ResultsStore(tmp_path)

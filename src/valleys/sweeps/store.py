@@ -103,12 +103,25 @@ class ResultsStore:
         for attempt in range(self.retries + 1):
             try:
                 return op()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 locked = "locked" in str(exc) or "busy" in str(exc)
-                if not locked or attempt == self.retries:
+                if not locked:
+                    raise self._damaged(exc) from exc
+                if attempt == self.retries:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> ValueError:
+        """The error for a file that is not a usable store; the file is never touched."""
+        if self.path.is_dir():
+            return ValueError(f"results store {str(self.path)!r} is a folder; give a file path "
+                              "such as runs.sqlite")
+        return ValueError(
+            f"results store {str(self.path)!r} is damaged or not a valleys results store "
+            f"(sqlite: {exc}). It was left as it is: move it away to start afresh, or try "
+            f"`sqlite3 {self.path} .recover` to salvage its rows"
+        )
 
     def _create(self) -> None:
         with self._connect() as conn:
