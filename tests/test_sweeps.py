@@ -52,6 +52,13 @@ def square(config):
     return {"loss": float(config["x"]) ** 2, "twice": 2 * config["x"]}
 
 
+def record_pid_and_sleep(config):
+    with open(config["path"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(120)
+    return {"loss": 0.0}
+
+
 def mixed(config):
     _log(config)
     kind = config["kind"]
@@ -444,3 +451,88 @@ def test_garbage_or_folder_store_is_named_and_left_untouched(tmp_path):
     assert garbage.read_bytes() == content
     with pytest.raises(ValueError, match="is a folder; give a file path"):
         ResultsStore(tmp_path)
+
+
+def test_script_without_main_guard_fails_loudly(helper, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import sweeps_helper as h
+        from valleys.sweeps import run_sweep
+        run_sweep(h.square, [{{"x": 1}}, {{"x": 2}}], {str(tmp_path / "u.sqlite")!r}, name="u",
+                  executor="process", max_workers=2, progress=False)
+    """))
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(helper.__file__).parent), *sys.path])}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'if __name__ == "__main__":' in result.stderr
+    assert "worker processes could not start" in result.stderr
+
+
+def test_workers_exit_when_the_sweep_is_killed(helper, tmp_path):
+    pids = tmp_path / "pids"
+    code = textwrap.dedent("""
+        import sys
+        import sweeps_helper as h
+        from valleys.sweeps import run_sweep
+        if __name__ == "__main__":
+            run_sweep(h.record_pid_and_sleep, [{"x": 0, "path": sys.argv[2]},
+                                               {"x": 1, "path": sys.argv[2]}],
+                      sys.argv[1], name="orphans", executor="process", max_workers=2,
+                      progress=False)
+    """)
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(helper.__file__).parent), *sys.path])}
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "o.sqlite"),
+                               str(pids)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_pids(pids)) < 2:
+            time.sleep(0.1)
+        workers = _pids(pids)
+        assert len(workers) == 2
+    finally:
+        parent.kill()  # SIGKILL the parent alone: its workers are orphaned
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep lock uses flock")
+def test_a_second_run_of_the_same_sweep_is_refused(helper, tmp_path):
+    from valleys.sweeps.runner import _sweep_lock
+
+    store = ResultsStore(tmp_path / "l.sqlite")
+    with _sweep_lock(store, "busy"):
+        # flock locks are per open file: a second open in this process conflicts like another
+        # process would.
+        with pytest.raises(RuntimeError, match=r"sweep 'busy' is already running .*pid"):
+            run_sweep(helper.square, [{"x": 1}], store, name="busy", executor="serial",
+                      progress=False)
+        run_sweep(helper.square, [{"x": 1}], store, name="other", executor="serial",
+                  progress=False)  # another name is free
+    df = run_sweep(helper.square, [{"x": 1}], store, name="busy", executor="serial",
+                   progress=False)
+    assert df["status"].tolist() == ["done"]

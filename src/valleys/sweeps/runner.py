@@ -13,18 +13,26 @@ runs them again; finished runs are never repeated.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
 import sys
+import threading
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Protocol
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from valleys.sweeps.grid import canonical_json, run_id
 from valleys.sweeps.outcome import DIVERGED, DONE, FAILED, RUNNING, Outcome, crashed, execute
@@ -65,9 +73,9 @@ def run_sweep(
     Seeds: configs are passed unchanged; reproducibility is ``fn``'s job (seed torch, numpy and
     the data order from the config, e.g. ``torch.manual_seed(config["seed"])``).
 
-    Only one sweep of a given ``name`` should run on a store at a time: a second one would see
-    the first's ``"running"`` rows as leftovers and run them too. Different names may share a
-    store freely.
+    Only one sweep of a given ``name`` runs on a store at a time: it holds a lock file beside
+    the store (released even if the process is killed), and a second one raises at once.
+    Different names may share a store freely. Process workers exit when their parent dies.
 
     Args:
         fn: The training function. For ``executor="process"`` it must be picklable, i.e.
@@ -96,17 +104,21 @@ def run_sweep(
         TypeError: On a non-callable ``fn``, a ``fn`` the process executor cannot send to its
             workers, or a config that is not a JSON-serializable mapping.
         ImportError: On ``executor="ray"`` without Ray installed.
+        RuntimeError: When another process runs the same sweep on this store, or when process
+            workers cannot start (typically a script without an
+            ``if __name__ == "__main__":`` guard).
     """
     runs = _check_inputs(fn, configs, name, executor, max_workers)
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
-    pending = _pending(runs, store.statuses(name), retry_failed)
-    if pending:
-        with _progress_bar(name, len(runs), len(runs) - len(pending), progress) as bar:
-            pool = _make_pool(executor, fn, max_workers, len(pending), ray_address)
-            try:
-                _drive(pool, pending, store, name, bar)
-            finally:
-                pool.close()
+    with _sweep_lock(store, name):
+        pending = _pending(runs, store.statuses(name), retry_failed)
+        if pending:
+            with _progress_bar(name, len(runs), len(runs) - len(pending), progress) as bar:
+                pool = _make_pool(executor, fn, max_workers, len(pending), ray_address)
+                try:
+                    _drive(pool, pending, store, name, bar)
+                finally:
+                    pool.close()
     by_id = {rec["run_id"]: rec for rec in store.records(name)}
     return records_to_dataframe([by_id[rid] for rid in runs])
 
@@ -162,6 +174,34 @@ def _pending(
     return {rid: cfg for rid, cfg in runs.items() if statuses.get(rid, RUNNING) in redo}
 
 
+@contextlib.contextmanager
+def _sweep_lock(store: ResultsStore, name: str) -> Iterator[None]:
+    """An exclusive lock per (store, sweep name); the OS drops it when the holder dies."""
+    if fcntl is None:  # pragma: no cover - Windows: no lock, as documented
+        yield
+        return
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    path = store.path.with_name(f".{store.path.name}.{digest}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(
+                f"sweep {name!r} is already running on {str(store.path)!r} ({holder}); wait "
+                "for it to finish (rerunning then resumes it) or give this sweep another name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -202,6 +242,19 @@ def _outcome(future: Future[Outcome], submitted: float) -> Outcome:
                        submitted)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a thread that ends the worker once its parent is gone (a kill -9
+    of the sweep must not leave workers holding memory)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="valleys-parent-watch").start()
+
+
 # --- executors ----------------------------------------------------------------------------------
 
 
@@ -239,7 +292,20 @@ class _ProcessPool:
 
     def _new(self) -> ProcessPoolExecutor:
         # "spawn", not fork: forking a parent that has touched torch (threads, CUDA) can hang.
-        return ProcessPoolExecutor(self.window, mp_context=get_context("spawn"))
+        executor = ProcessPoolExecutor(self.window, mp_context=get_context("spawn"),
+                                       initializer=_exit_with_parent, initargs=(os.getpid(),))
+        # Probe the workers once: a worker that cannot even start would otherwise fail every
+        # run with a misleading "worker died" message.
+        try:
+            executor.submit(os.getpid).result()
+        except BrokenProcessPool:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise RuntimeError(
+                "the sweep's worker processes could not start. With executor='process' each "
+                "worker re-imports your script, so a script must call run_sweep under "
+                "`if __name__ == \"__main__\":`; add that guard (or use executor='serial')"
+            ) from None
+        return executor
 
     def submit(self, config: dict[str, Any]) -> Future[Outcome]:
         try:
