@@ -63,6 +63,28 @@ def test_bad_input_is_one_line_and_status_2(args, message):
     assert done.stderr.strip().splitlines()[-1].startswith("error:")
 
 
+def _one_line_status_2(done, message):
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["curvature", "--problem", "digits-mlp"],
+                                     ["reproduce", "linear-stability", "--quick"]])
+def test_device_and_output_are_checked_before_computing(command, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = ["--out", str(blocker / "out")]
+    # Each answer comes at once: nothing was trained or measured (the cache stays empty).
+    env = {"VALLEYS_CACHE_DIR": str(tmp_path / "cache")}
+    _one_line_status_2(run_cli(*command, *out, env_extra=env), "is a file, not a folder")
+    if not __import__("torch").cuda.is_available():
+        _one_line_status_2(run_cli(*command, "--device", "cuda", env_extra=env),
+                           "CUDA is not available here")
+    _one_line_status_2(run_cli(*command, "--device", "tpu9", env_extra=env), "unknown device")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_unknown_option_is_a_usage_error():
     done = run_cli("curvature", "--bogus")
     assert done.returncode == 2

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
+from valleys._checks import available_device, writable_folder
 from valleys.experiments import ClaimSpec, Experiment, Figure, judge_seeds, run, spread
-from valleys.experiments.driver import prepare_output, resolve_device
 from valleys.experiments.index import write_index
 from valleys.experiments.output import OutputFolder
 from valleys.experiments.plotting import figure_problems, seed_band
@@ -162,7 +162,7 @@ def test_bad_arguments_fail_before_measuring(tmp_path):
         with pytest.raises(ValueError, match="CUDA is not available"):
             run(_toy(), tmp_path, device="cuda", progress=False)
     with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("gpu7")
+        available_device("gpu7")
     assert CALLS == []
 
 
@@ -173,7 +173,7 @@ def test_read_only_output_is_refused(tmp_path):
     locked.chmod(0o500)
     try:
         with pytest.raises(ValueError, match="cannot be written"):
-            prepare_output(locked / "out")
+            writable_folder(locked / "out")
     finally:
         locked.chmod(0o700)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import tempfile
+from pathlib import Path
 
-__all__ = ["positive_real"]
+import torch
+
+__all__ = ["available_device", "positive_real", "writable_folder"]
 
 
 def positive_real(value: object, name: str, *, hint: str = "") -> float:
@@ -19,3 +23,42 @@ def positive_real(value: object, name: str, *, hint: str = "") -> float:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}"
                          + (f"; {hint}" if hint else ""))
     return float(value)
+
+
+def writable_folder(out: str | Path, what: str = "output folder", *,
+                    hint: str = "choose another folder") -> Path:
+    """Create ``out`` (and its parents) and make sure files can be written there; a path under
+    a file or without write permission raises a ``ValueError`` ending in ``hint``."""
+    path = Path(out).expanduser()
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{what} {str(out)!r}: {str(parent)!r} is a file, not a folder; "
+                             f"{hint}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what} {str(out)!r} cannot be written ({error.strerror}); "
+                         f"{hint}") from None
+    return path
+
+
+def available_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, refused unless tensors can live there now."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch "
+                             f"{torch.__version__}); use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) here")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r}: valleys runs on cpu, cuda or mps")
+    return resolved

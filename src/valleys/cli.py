@@ -101,6 +101,7 @@ def curvature(
 
     import valleys
     from valleys import distributed as vdist
+    from valleys._checks import available_device, writable_folder
     from valleys.problems import load_problem
 
     if dtype not in DTYPES:
@@ -114,6 +115,10 @@ def curvature(
         device = device or str(vdist.init())
     device = device or "cpu"
     main_rank = vdist.is_main_process()
+    # Checked before any computation: a bad device or output folder costs nothing.
+    available_device(device)
+    if main_rank:
+        writable_folder(out)
     started = time.perf_counter()
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -231,8 +236,9 @@ def reproduce(
 
     Finished seeds in the output folder are reused, so an interrupted run resumes.
     """
+    from valleys._checks import available_device, writable_folder
     from valleys.experiments import EXPERIMENTS, LEGACY, load_experiment
-    from valleys.experiments.driver import prepare_output, resolve_device, run
+    from valleys.experiments.driver import run
 
     if list_all or not name:
         for known in sorted({*EXPERIMENTS, *LEGACY}):
@@ -254,19 +260,18 @@ def reproduce(
             raise ValueError(
                 f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2"
             ) from None
+    # Arguments are checked here, before anything is computed.
+    available_device(device)
+    folder = writable_folder(out or Path("results") / name)
     if name in LEGACY:  # TEMPORARY: until every reproduction follows the protocol
         import importlib
 
-        folder = out or Path("results") / name
         importlib.import_module(LEGACY[name]).run(
             folder, preset=chosen, seed=(seed_list or [0])[0], progress=True
         )
         Console().print(f"report written to {(folder / 'report.md').resolve()}")
         return
     experiment = load_experiment(name)
-    # Arguments are checked here, before anything is computed.
-    resolve_device(device)
-    folder = prepare_output(out or Path("results") / name)
     run(experiment, folder, preset=chosen, seeds=seed_list, device=device, progress=True)
     Console().print(f"report written to {(folder / 'report.md').resolve()}")
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from valleys import data as datasets
+from valleys._checks import writable_folder
 from valleys.losses import resolve_loss
 from valleys.models import MLP
 from valleys.objective import Objective
@@ -169,7 +170,8 @@ def load_problem(
             model.load_state_dict(saved["state_dict"])
             history = json.loads(saved["history"])
         else:
-            _check_writable(checkpoint.parent)
+            writable_folder(checkpoint.parent, "the checkpoint cache",
+                            hint="set VALLEYS_CACHE_DIR (or cache_dir=) to a writable folder")
             history = _train(model, spec, train_data, seed)
             _save_atomically(checkpoint, {"state_dict": model.state_dict(),
                                           "history": json.dumps(history)})
@@ -252,18 +254,6 @@ def _load_verified(path: Path) -> dict | None:
     warnings.warn(f"cached checkpoint {str(path)!r} is not used: {reason}; training it again",
                   UserWarning, stacklevel=3)
     return None
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise ValueError(
-            f"the checkpoint cache {str(folder)!r} cannot be written ({error.strerror}); set "
-            "VALLEYS_CACHE_DIR (or cache_dir=) to a writable folder"
-        ) from None
 
 
 def _save_atomically(path: Path, payload: dict) -> None:

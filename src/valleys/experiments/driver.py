@@ -26,55 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys._checks import available_device, writable_folder
 from valleys._records import jsonable
 from valleys.experiments.common import format_cell, markdown_table, torch_threads
 from valleys.experiments.output import OutputFolder
 from valleys.experiments.protocol import VERDICTS, Claim, Experiment, Figure
 
-__all__ = ["MIN_SEEDS", "prepare_output", "resolve_device", "run"]
+__all__ = ["MIN_SEEDS", "run"]
 
 #: The fewest seeds per claim a preset's verdicts rest on (deterministic claims need one).
 MIN_SEEDS = {"quick": 2, "full": 3}
 DEFAULT_SEEDS = {"quick": (0, 1), "full": (0, 1, 2)}
 _RESERVED = {"name", "title", "paper", "preset", "config", "seeds", "device", "claims",
              "verdicts", "figures", "metadata", "provisional"}
-
-
-def prepare_output(out: str | Path) -> Path:
-    """Create ``out`` (and its parents) and make sure files can be written there."""
-    path = Path(out).expanduser()
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"output folder {str(out)!r}: {str(parent)!r} is a file, not a "
-                             "folder; choose another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise ValueError(f"output folder {str(out)!r} cannot be written ({error.strerror}); "
-                         "choose a writable --out") from None
-    return path
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``, refused unless tensors can live there now."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch "
-                             f"{torch.__version__}); use --device cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
-                             "device(s) here")
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
-    elif resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {str(device)!r}: reproductions run on cpu, cuda or mps")
-    return resolved
 
 
 def _seeds(seeds: Sequence[int] | None, default: Sequence[int]) -> list[int]:
@@ -255,8 +219,8 @@ def run(
         preset_name, config = "custom", preset
     default = experiment.seeds.get(preset_name, DEFAULT_SEEDS.get(preset_name, (0,)))
     chosen = _seeds(seeds, default)
-    dev = resolve_device(device)
-    path = prepare_output(out)
+    dev = available_device(device)
+    path = writable_folder(out)
     folder = OutputFolder(path, check_figures=True)
     config_dict = _config_dict(config)
     seed_dir = path / "seeds"
