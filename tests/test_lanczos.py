@@ -189,7 +189,7 @@ def test_bad_inputs():
         eigsh(A)
     with pytest.raises(ValueError, match="symmetric"):
         eigsh(DenseOperator(torch.triu(A) + 1.0))
-    for k in (0, 20, 2.0, True):
+    for k in (0, 21, 2.0, True):
         with pytest.raises(ValueError, match="k must be"):
             eigsh(op, k=k)
     with pytest.raises(ValueError, match="which"):
@@ -229,3 +229,28 @@ def test_operator_that_mutates_its_input_cannot_corrupt_the_basis():
     op = LambdaOperator(rude, A.shape[0], A.dtype)
     check(A, eigsh(op, k=3, tol=1e-6), 3, "largest", tol=1e-6, slack=1e-9)
     check(A, power_iteration(op, tol=1e-3, max_matvecs=5000), 1, "magnitude", 1e-3, 1e-9)
+
+
+def test_every_eigenpair_and_one_parameter_models_use_the_dense_matrix():
+    import valleys
+    from valleys import Objective
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(12, 1, generator=g, dtype=torch.float64)
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    obj = Objective(model, "mse", (X, 2.0 * X))
+    # ½(wx - y)² averaged over samples: the Hessian is mean(x²), exactly.
+    assert valleys.sharpness(obj) == pytest.approx(float((X**2).mean()), rel=1e-12)
+    A = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    A = A + A.T
+    op = DenseOperator(A)
+    for which in ("largest", "smallest", "magnitude"):
+        result = eigsh(op, k=5, which=which)
+        truth = torch.linalg.eigvalsh(A)
+        expected = {"largest": truth.flip(0), "smallest": truth,
+                    "magnitude": truth[truth.abs().argsort(descending=True)]}[which]
+        assert result.method == "dense" and result.converged and result.matvecs == 5
+        assert torch.allclose(result.values, expected, atol=1e-12)
+        assert float(result.residuals.max()) < 1e-12
+    with pytest.raises(ValueError, match=r"1 <= k <= p = 5 \(the operator's size\), got 6"):
+        eigsh(op, k=6)

@@ -266,8 +266,8 @@ def eigsh(
 
     Args:
         op: a symmetric :class:`~valleys.operators.base.LinearOperator` of size ``p``.
-        k: number of eigenpairs, ``1 <= k < p`` (for all of them use
-            ``torch.linalg.eigh(op.to_dense())``).
+        k: number of eigenpairs, ``1 <= k <= p``; ``k = p`` (e.g. a model with one parameter)
+            builds the dense matrix from ``p`` matvecs and returns ``method="dense"``.
         which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"magnitude"``
             (largest ``|λ|``; the one to use for the sharpness of an indefinite Hessian).
         tol: relative residual tolerance.
@@ -291,16 +291,17 @@ def eigsh(
     t0 = time.perf_counter()
     _check_operator(op, "eigsh")
     p = op.size
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k < p:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= p:
         raise ValueError(
-            f"k must be an integer with 1 <= k < p = {p}, got {k!r}; for the full spectrum use "
-            "torch.linalg.eigh(op.to_dense())"
+            f"k must be an integer with 1 <= k <= p = {p} (the operator's size), got {k!r}"
         )
     k = int(k)
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     tol = _check_tol(tol)
     _check_seed(seed)
+    if k == p:  # every eigenpair: p matvecs and a dense eigensolver are exact and cheapest
+        return _dense_eigsh(op, which, tol, seed, t0)
     if ncv is None:
         ncv = min(max(2 * k + 1, 20), p)
     else:
@@ -364,6 +365,30 @@ def eigsh(
         method="lanczos",
         seed=None if seed is None else int(seed),
         restarts=restarts,
+        wall_time=time.perf_counter() - t0,
+    )
+
+
+def _dense_eigsh(op: LinearOperator, which: str, tol: float, seed: int | None,
+                 t0: float) -> EigshResult:
+    """All ``p`` eigenpairs from the dense matrix (``method="dense"``), in float64 so that
+    half-precision operators get an eigensolver; residuals are computed, not estimated."""
+    A = op.to_dense()
+    A64 = A.to(torch.float64)
+    if not bool(torch.isfinite(A64).all()):
+        raise ValueError("the operator produced NaN or infinite values")
+    asym = float((A64 - A64.T).abs().max())
+    if asym > 100 * torch.finfo(op.dtype).eps * max(float(A64.abs().max()), 1e-300):
+        raise ValueError(f"eigsh needs a symmetric operator; its dense matrix is asymmetric by "
+                         f"{asym:.3g}")
+    theta, V = torch.linalg.eigh((A64 + A64.T) / 2)
+    order = _order(theta, which)
+    theta, V = theta[order], V[:, order]
+    residuals = torch.linalg.vector_norm(A64 @ V - V * theta, dim=0)
+    return EigshResult(
+        values=theta.to(dtype=op.dtype), vectors=V.to(dtype=op.dtype),
+        residuals=residuals.to(dtype=op.dtype), matvecs=op.size, converged=True, tol=tol,
+        which=which, method="dense", seed=None if seed is None else int(seed), restarts=0,
         wall_time=time.perf_counter() - t0,
     )
 

@@ -36,7 +36,8 @@ class EigshResult:
             when not).
         tol: the requested relative tolerance.
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
-        method: ``"lanczos"``, ``"power"`` or ``"block-davidson"``
+        method: ``"lanczos"``, ``"power"``, ``"dense"`` (every eigenpair, from the matrix) or
+            ``"block-davidson"``
             (:func:`~valleys.linalg.lanczos.block_eigsh`; its residuals are computed from stored
             products).
         seed: seed of the random start vector (``None``: unseeded).
