@@ -206,6 +206,14 @@ def test_figure_checks_find_the_usual_defects(tmp_path):
     with pytest.raises(ValueError, match="not fit to publish"):
         folder.save_figure(fig, "bad")
 
+    fig, ax = plt.subplots()
+    ax.plot([1.0, 10.0], [1.0, 10.0])
+    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="loss")
+    ax.axhline(2.0, color="k")  # its x runs over axes units 0 to 1: not a log-axis defect
+    ax.axvline(3.0, color="k")
+    assert figure_problems(fig) == []
+    plt.close(fig)
+
     fig, axes = plt.subplots(2, 1, sharex=True)
     for a in axes:
         a.plot([1, 2], [1, 2])

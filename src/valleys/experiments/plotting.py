@@ -49,7 +49,7 @@ def _data_points(ax) -> list[np.ndarray]:
     for line in ax.lines:
         if line.get_visible():
             xy = np.asarray(line.get_xydata(), dtype=float)
-            clouds.append(ax.transData.transform(xy[np.isfinite(xy).all(axis=1)]))
+            clouds.append(line.get_transform().transform(xy[np.isfinite(xy).all(axis=1)]))
     for collection in ax.collections:
         if not collection.get_visible():
             continue
@@ -77,6 +77,16 @@ def _legend_problems(ax, legend, renderer, where: str) -> list[str]:
     return []
 
 
+def _data_columns(ax, line) -> tuple[int, ...]:
+    """Which of a line's coordinates are data values (x: 0, y: 1)."""
+    transform = line.get_transform()
+    if transform is ax.get_yaxis_transform(which="grid"):
+        return (1,)
+    if transform is ax.get_xaxis_transform(which="grid"):
+        return (0,)
+    return (0, 1)
+
+
 def _log_problems(ax, where: str) -> list[str]:
     problems = []
     for axis, column in (("x", 0), ("y", 1)):
@@ -84,6 +94,8 @@ def _log_problems(ax, where: str) -> list[str]:
         if scale != "log":
             continue
         for line in ax.lines:
+            if column not in _data_columns(ax, line):
+                continue  # axhline/axvline: this coordinate is in axes units, not data
             values = np.asarray(line.get_xydata(), dtype=float)[:, column]
             values = values[np.isfinite(values)]
             if (values <= 0).any():
