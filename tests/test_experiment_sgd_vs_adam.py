@@ -1,271 +1,183 @@
-"""The sgd-vs-adam reproduction (Zhou et al. 2020): quick preset end to end, and its verdicts."""
+"""The sgd-vs-adam reproduction (Zhou et al. 2020): quick preset end to end, the summary
+contract, the criteria on synthetic records, and the per-coordinate tail index."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from valleys.experiments import sgd_vs_adam as sva
-from valleys.sweeps import ResultsStore
+from valleys.experiments import run
+from valleys.experiments.sgd_vs_adam import measure as sva
+from valleys.noise import stable_rvs
 
-FIGURES = ("tail_index", "exit_times", "solutions")
-VERDICTS = {"agrees", "partly agrees", "disagrees", "inconclusive", "not tested"}
+FIGURES = ("training_loss", "tail_index", "exit_times", "minima")
+VERDICTS = {"agrees", "partly", "disagrees", "not tested"}
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sgd-vs-adam")
-    return out, sva.run(out, preset="quick", seed=0, progress=False)
+    return out, run(sva.NAME, out, preset="quick", progress=False)
 
 
-def test_presets_follow_the_contract():
-    assert sva.NAME == "sgd-vs-adam"
-    assert {"quick", "full"} <= set(sva.PRESETS)
-    for p in sva.PRESETS.values():
-        assert len(p.sgd_lrs) == len(p.adam_lrs)  # the same tuning budget for both
-    with pytest.raises(ValueError, match="unknown preset"):
-        sva.run("unused", preset="huge")
+def test_summary_contract(quick):
+    out, summary = quick
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["claims"] == summary["claims"]
+    assert [c["id"] for c in summary["claims"]] == [s.id for s in sva.CLAIMS]
+    for claim in summary["claims"]:
+        assert set(claim) >= {"id", "claim", "criterion", "measured", "seeds", "verdict"}
+        assert claim["verdict"] in VERDICTS
+        for value in claim["measured"].values():
+            assert set(value) >= {"mean", "min", "max"}
+    seeds = summary["seeds"]
+    assert len(seeds) >= 2
+    assert summary["standardization"] == "per-coordinate"
+    assert set(summary["final_loss"]) == {"sgd", "adam"}
+    last = min(summary["loss_targets"])
+    for opt in ("sgd", "adam"):
+        assert len(summary["final_loss"][opt]) == len(seeds)
+        for loss, status in zip(summary["final_loss"][opt], summary["status"][opt], strict=True):
+            assert status in ("target", "max_steps", "diverged")
+            if status == "target":  # stopped at the target, not far below it
+                assert last / 3 < loss <= last
 
 
-def test_output_files(quick):
-    out, _ = quick
-    for name in ("summary.json", "results.csv", "report.md", "tail_index.csv", "exit_times.csv"):
+def test_outputs_and_figures(quick):
+    out, summary = quick
+    for name in ("summary.json", "results.csv", "report.md"):
         assert (out / name).stat().st_size > 0
     for stem in FIGURES:
         assert (out / f"{stem}.png").exists() and (out / f"{stem}.svg").exists()
-    on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["experiment"] == "sgd-vs-adam"
-
-
-def test_runs_have_the_stable_keys(quick):
-    out, summary = quick
-    runs = json.loads((out / "summary.json").read_text())["runs"]
-    assert {(r["dataset"], r["optimizer"]) for r in runs} == {
-        (d, o) for d in ("mnist1d", "digits") for o in ("sgd", "adam")}
-    for r in runs:
-        assert r["status"] != "diverged"
-        low, high = r["alpha_hat_interval"]
-        assert 0 < low <= r["alpha_hat"] <= high
-        assert 0.5 < r["alpha_hat"] < 2.5
-        assert r["sharpness"] > 0 and r["nonuniformity"] > 0
-        assert 0.0 <= r["test_accuracy"] <= 1.0
-        assert len(r["alpha_hat_along_training"]) == sva.PRESETS["quick"].checkpoints
-        if r["optimizer"] == "sgd":  # SGD's effective noise is its raw noise
-            assert r["alpha_hat"] == r["alpha_hat_raw"]
-    # Learning rates were selected by the fixed rule: lowest final training loss.
-    for ds in ("mnist1d", "digits"):
-        for opt in ("sgd", "adam"):
-            rows = [t for t in summary["tuning"] if t["dataset"] == ds and t["optimizer"] == opt]
-            best = min(rows, key=lambda t: t["final_loss"])
-            assert best["selected"] and sum(t["selected"] for t in rows) == 1
-
-
-def test_sde_part_agrees_with_theory_within_tolerance(quick):
-    _, summary = quick
-    for row in summary["sde"]["epsilon"]:
-        # Small-noise law 1/(ε^α m(W)): within a factor 1.6 at these moderate ε.
-        assert 1 / 1.6 < row["mean_exit_time"] / row["theory"] < 1.6
-    for alpha, exponent in summary["sde"]["exponents"].items():
-        assert abs(exponent - float(alpha)) < 0.3
-
-
-def test_verdicts_and_report(quick):
-    out, summary = quick
-    assert set(summary["verdicts"]) == {"heavy_tails", "tails_order", "exit_times",
-                                        "sharpness", "generalization"}
-    assert set(summary["verdicts"].values()) <= VERDICTS
+    assert [f["stem"] for f in summary["figures"]] == list(FIGURES)
     report = (out / "report.md").read_text()
-    for verdict in summary["verdicts"].values():
-        assert verdict.upper() in report
-    assert "Zhou" in report and "disagree" in report
+    assert "## Set-up" in report and "## Discussion" in report and "Zhou" in report
+    for claim in summary["claims"]:
+        assert f"**{claim['verdict']}**" in report
 
 
-def _run(ds, opt, alpha, low, high, sharp=1.0, acc=0.9):
-    return {"dataset": ds, "optimizer": opt, "alpha_hat": alpha,
-            "alpha_hat_interval": [low, high], "sharpness": sharp, "test_accuracy": acc}
+def test_both_noises_are_measured_at_the_same_minima(quick):
+    out, _ = quick
+    records = json.loads((out / "seeds" / "seed-0.json").read_text())["records"]
+    cells = {(p["optimizer"], p["target"]) for p in records["points"]}
+    reached = {r["optimizer"] for r in records["runs"] if r["status"] == "target"}
+    for opt in reached:
+        assert {(opt, t) for t in sva.PRESETS["quick"].loss_targets} <= cells
+    for p in records["points"]:
+        assert p["loss"] <= p["target"]
+        assert p["sharpness"] > 0 and 0 <= p["test_accuracy"] <= 1
+        for key in ("alpha_sgd_noise", "alpha_adam_noise"):
+            a = p[key]
+            assert 0.5 < a["low"] <= a["alpha"] <= a["high"] < 3
+            assert a["coordinates"] > 100
 
 
-def test_verdict_rules():
-    sep = [_run("a", "sgd", 1.2, 1.1, 1.3, 1.0, 0.95), _run("a", "adam", 1.6, 1.5, 1.7, 2.0, 0.9)]
-    assert sva._verdict_tails_order(sep)["verdict"] == "agrees"
-    assert sva._verdict_heavy_tails(sep)["verdict"] == "agrees"
-    assert sva._verdict_sharpness(sep)["verdict"] == "agrees"
-    assert sva._verdict_accuracy(sep)["verdict"] == "agrees"
-    overlap = [_run("a", "sgd", 1.4, 1.2, 1.6), _run("a", "adam", 1.5, 1.3, 2.1)]
-    assert sva._verdict_tails_order(overlap)["verdict"] == "partly agrees"
-    assert sva._verdict_heavy_tails(overlap)["verdict"] == "partly agrees"
-    assert sva._verdict_accuracy(overlap)["verdict"] == "inconclusive"
-    reverse = [_run("a", "sgd", 1.8, 1.7, 1.9, 3.0, 0.8), _run("a", "adam", 1.2, 1.1, 1.3, 1.0)]
-    assert sva._verdict_tails_order(reverse)["verdict"] == "disagrees"
-    assert sva._verdict_sharpness(reverse)["verdict"] == "disagrees"
-    assert sva._verdict_accuracy(reverse)["verdict"] == "disagrees"
-    sde = {"exponents": {"1.5": 1.55, "1.8": 1.3},
-           "width": [{"mean_exit_time": 1.0}, {"mean_exit_time": 2.0}],
-           "optimizers": [{"alpha": 1.5, "dynamics": "sgd", "mean_exit_time": 1.0},
-                          {"alpha": 1.5, "dynamics": "adam", "mean_exit_time": 3.0}]}
-    verdict = sva._verdict_sde(sde)
-    assert verdict["verdict"] == "partly agrees" and verdict["exponent_within_tol"] == [True, False]
-    assert not math.isnan(sva.EXPONENT_TOL)
+def test_sde_part_follows_the_small_noise_law(quick):
+    out, _ = quick
+    records = json.loads((out / "seeds" / "seed-0.json").read_text())["records"]
+    for row in records["sde"]["epsilon"]:
+        assert 1 / 1.8 < row["mean_exit_time"] / row["theory"] < 1.8
+    for alpha, exponent in records["sde"]["exponents"].items():
+        assert abs(exponent - float(alpha)) < 0.5
 
 
-def test_checkpoints_keep_adams_own_second_moment():
-    """The preconditioner of Adam's noise is torch's own denominator at the checkpoint."""
-    import torch
-    from torch import nn
+# --- criteria on synthetic records -----------------------------------------------------------
 
-    import valleys
-    from valleys.experiments.sgd_vs_adam import _Checkpoints
-    from valleys.train import optimizer_preconditioner, train
 
+def _tail(alpha, half=0.02):
+    return {"alpha": alpha, "low": alpha - half, "high": alpha + half, "coordinates": 1000}
+
+
+def _point(opt, target, a_sgd, a_adam, sharp, acc):
+    return {"optimizer": opt, "target": target, "alpha_sgd_noise": _tail(a_sgd),
+            "alpha_adam_noise": _tail(a_adam), "sharpness": sharp, "test_accuracy": acc}
+
+
+def _sde(exponent_15=1.55, widths=(1.0, 2.0, 3.0), adam=(80.0, 300.0)):
+    return {"exponents": {"1.5": exponent_15, "1.8": 1.75},
+            "width": [{"width": w, "mean_exit_time": t} for w, t in
+                      zip((0.7, 1.0, 1.4), widths, strict=True)],
+            "optimizers": [{"alpha": a, "dynamics": d, "mean_exit_time": t, "stderr": t / 10}
+                           for a, (s, m) in zip(sva.ESCAPE_ALPHAS, ((30.0, adam[0]),
+                                                                    (20.0, adam[1])), strict=True)
+                           for d, t in (("sgd", s), ("adam", m))]}
+
+
+def _records(points, sde=None):
+    return {"runs": [], "points": points, "sde": sde or _sde()}
+
+
+def test_each_criterion_reaches_every_outcome():
+    good = _records([_point("sgd", 0.01, 1.6, 1.9, 1.0, 0.98),
+                     _point("adam", 0.01, 1.7, 1.95, 2.0, 0.96)])
+    bad = _records([_point("sgd", 0.01, 2.1, 2.0, 3.0, 0.95),
+                    _point("adam", 0.01, 1.7, 1.72, 2.0, 0.97)],
+                   _sde(exponent_15=1.9, widths=(1.0, 3.0, 2.0), adam=(31.0, 300.0)))
+    sde_untested = _sde()
+    sde_untested["exponents"]["1.5"] = math.nan
+    empty = _records([], sde_untested)
+    half = _records([_point("sgd", 0.01, 1.6, 1.9, 1.0, 0.98)])  # Adam never reached it
+    outcomes = [sva.heavy_tail_outcome, sva.lighter_tail_outcome, sva.escape_law_outcome,
+                sva.escape_order_outcome, sva.sharper_outcome, sva.generalization_outcome]
+    for fn in outcomes:
+        assert fn(good) is True, fn.__name__
+        assert fn(bad) is False, fn.__name__
+    for fn in (sva.heavy_tail_outcome, sva.lighter_tail_outcome, sva.escape_law_outcome,
+               sva.sharper_outcome, sva.generalization_outcome):
+        assert fn(empty) is None, fn.__name__
+    assert sva.sharper_outcome(half) is None and sva.generalization_outcome(half) is None
+    assert sva.heavy_tail_outcome(half) is True  # measured where the run got to
+    tie = _records([_point("sgd", 0.01, 1.6, 1.9, 1.0, 0.97),
+                    _point("adam", 0.01, 1.7, 1.95, 2.0, 0.968)])
+    assert sva.generalization_outcome(tie) is False  # within the tie: not "better"
+
+
+def test_claims_give_every_verdict():
+    good = _records([_point("sgd", 0.01, 1.6, 1.9, 1.0, 0.98),
+                     _point("adam", 0.01, 1.7, 1.95, 2.0, 0.96)])
+    bad = _records([_point("sgd", 0.01, 2.1, 2.0, 3.0, 0.95),
+                    _point("adam", 0.01, 1.7, 1.72, 2.0, 0.97)])
+    config = sva.PRESETS["quick"]
+    by_id = {c.id: c for c in sva.claims({0: good, 1: good}, config)}
+    assert by_id["adam-sharper"].verdict == "agrees"
+    by_id = {c.id: c for c in sva.claims({0: good, 1: bad}, config)}
+    assert by_id["adam-sharper"].verdict == "partly"
+    assert by_id["escape-time-law"].verdict == "agrees"
+    by_id = {c.id: c for c in sva.claims({0: bad, 1: bad}, config)}
+    assert by_id["adam-lighter-tails"].verdict == "disagrees"
+    runs = [{"optimizer": "adam", "status": "max_steps", "final_loss": 0.05}]
+    untested = {**_records([]), "runs": runs}
+    by_id = {c.id: c for c in sva.claims({0: untested, 1: untested}, config)}
+    assert by_id["sgd-generalizes-better"].verdict == "not tested"
+    assert "max_steps" in by_id["sgd-generalizes-better"].sentence
+    assert sva.summary({0: untested}, config)["final_loss"] == {"sgd": [None], "adam": [0.05]}
+
+
+# --- the per-coordinate tail index -----------------------------------------------------------
+
+
+def test_per_coordinate_tail_ignores_coordinate_scales():
+    """Stable noise of one α with scales over 6 decades: the per-coordinate estimate finds α,
+    the pooled one does not; a dead coordinate is dropped."""
     g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,))
-    obj = valleys.Objective(nn.Linear(5, 3).double(), "ce", (X, y))
-    seen = {}
-
-    class Denominator:  # runs after _Checkpoints at the same step
-        def setup(self, context):
-            self.context = context
-
-        def __call__(self, step, theta):
-            if step == 6:
-                seen["P"] = optimizer_preconditioner(self.context.optimizer, self.context.param)
-
-    keep = _Checkpoints({6})
-    train(obj, optimizer="adam", lr=0.01, steps=8, batch_size=8, seed=0, record_every=2,
-          callbacks=[keep, Denominator()])
-    assert set(keep.thetas) == {6} and set(keep.second_moments) == {6}
-    P = keep.second_moments[6].sqrt() + 1e-8
-    assert torch.allclose(P, seen["P"], rtol=1e-12, atol=0)
+    x = stable_rvs(1.5, (400, 300), generator=g, dtype=torch.float64)
+    x = x * torch.logspace(-3, 3, 300, dtype=torch.float64)
+    x[:, 0] = 0.0
+    a = sva.per_coordinate_tail(x, bootstrap=50, seed=0)
+    assert abs(a["alpha"] - 1.5) < 0.1 and a["coordinates"] == 299
+    assert abs(sva.pooled_tail(x, 0) - 1.5) > 0.3
 
 
-# --- resumability --------------------------------------------------------------------------------
-
-# Keys of the summary that describe this call rather than the results.
-VOLATILE = ("runtime_s", "units")
-
-
-def _results(summary: dict) -> str:
-    """The summary without its per-call keys, as canonical JSON (NaN compares equal as text)."""
-    return json.dumps({k: v for k, v in summary.items() if k not in VOLATILE}, sort_keys=True)
-
-
-def _counting(monkeypatch, calls: dict, name: str, fail_on: int | None = None) -> None:
-    """Replace the unit ``name`` by a wrapper that counts calls (and is killed on call
-    ``fail_on``: a KeyboardInterrupt, which the sweep does not catch, like a kill)."""
-    unit = getattr(sva, name)
-
-    def wrapper(config):
-        calls[name] = calls.get(name, 0) + 1
-        if calls[name] == fail_on:
-            raise KeyboardInterrupt
-        return unit(config)
-
-    monkeypatch.setattr(sva, name, wrapper)
-
-
-def test_the_store_holds_every_unit(quick):
-    out, summary = quick
-    p = sva.PRESETS["quick"]
-    records = ResultsStore(out / "runs.sqlite").records()
-    n_train = len(p.datasets) * (len(p.sgd_lrs) + len(p.adam_lrs))
-    n_analysis = 2 * len(p.datasets)
-    n_sde = (len(p.sde_alphas) * len(p.sde_epsilons) + len(p.sde_widths) + len(p.sde_depths)
-             + 6)
-    assert len(records) == n_train + n_analysis + n_sde == summary["units"]["total"]
-    assert {r["status"] for r in records} == {"done"}
-    assert summary["units"]["computed_this_call"] == {
-        "train": n_train, "analysis": n_analysis, "sde": n_sde}
-    assert summary["units"]["failed"] == []
-    assert "runs.sqlite" in (out / "report.md").read_text()
-
-
-def test_a_killed_run_resumes_without_recomputing_finished_units(quick, tmp_path, monkeypatch):
-    """Units left unfinished by a kill are computed again, finished ones are not, and the
-    summary equals the uninterrupted run's."""
-    out, summary = quick
-    folder = tmp_path / "resumed"
-    shutil.copytree(out, folder)
-    store = ResultsStore(folder / "runs.sqlite")
-    records = store.records()
-
-    def pick(sweep, **match):
-        return next(r for r in records if r["sweep"] == f"{sva.NAME}/{sweep}"
-                    and all(r["config"][k] == v for k, v in match.items()))
-
-    # In flight when the process was killed (the store marks them "running"): a training run
-    # whose lr was selected, another one, an analysis and two exit times.
-    selected_lr = next(t["lr"] for t in summary["tuning"]
-                       if t["dataset"] == "mnist1d" and t["optimizer"] == "sgd" and t["selected"])
-    unfinished = [
-        pick("train", dataset="mnist1d", optimizer="sgd", lr=selected_lr),
-        pick("train", dataset="digits", optimizer="adam", lr=sva.PRESETS["quick"].adam_lrs[0]),
-        pick("analysis", dataset="digits", optimizer="adam"),
-        pick("sde", part="epsilon", alpha=1.2, epsilon=0.4),
-        pick("sde", part="optimizers", alpha=2.0, dynamics="adam"),
-    ]
-    for rec in unfinished:
-        store.start(rec["run_id"], sweep=rec["sweep"], config=rec["config"])
-
-    # A rerun that is itself killed during its second training run ...
-    calls: dict[str, int] = {}
-    _counting(monkeypatch, calls, "train_unit", fail_on=2)
-    with pytest.raises(KeyboardInterrupt):
-        sva.run(folder, preset="quick", seed=0, progress=False)
-    assert calls == {"train_unit": 2}
-    statuses = store.statuses()
-    assert statuses[unfinished[0]["run_id"]] == "done"  # finished before the kill
-    assert statuses[unfinished[1]["run_id"]] == "running"  # in flight at the kill
-
-    # ... and the rerun after it computes exactly what is still missing.
-    monkeypatch.undo()
-    calls.clear()
-    for name in ("train_unit", "analysis_unit", "sde_unit"):
-        _counting(monkeypatch, calls, name)
-    resumed = sva.run(folder, preset="quick", seed=0, progress=False)
-    assert calls == {"train_unit": 1, "analysis_unit": 1, "sde_unit": 2}
-    assert resumed["units"]["computed_this_call"] == {"train": 1, "analysis": 1, "sde": 2}
-    assert set(store.statuses().values()) == {"done"}
-    assert _results(resumed) == _results(summary)
-    assert _results(json.loads((folder / "summary.json").read_text())) == _results(
-        json.loads((out / "summary.json").read_text()))
-
-
-def _tiny(**changes) -> sva.Preset:
-    base = dict(datasets=("digits",), n_train=64, steps=40, record_every=10, checkpoints=2,
-                noise_batches=80, bootstrap=5)
-    return dataclasses.replace(sva.PRESETS["quick"], **{**base, **changes})
-
-
-def test_divergence_is_recorded_and_excluded_from_selection(tmp_path):
-    # SGD at absurd learning rates: every run diverges; Adam: one of two diverges.
-    p = _tiny(sgd_lrs=(1e8, 1e9), adam_lrs=(1e8, 1e-3))
-    store = ResultsStore(tmp_path / "runs.sqlite")
-    net = sva._network_part(store, p, 0, False)
-    train = {(r["config"]["optimizer"], r["config"]["lr"]): r["status"]
-             for r in store.records(f"{sva.NAME}/train")}
-    assert train == {("sgd", 1e8): "diverged", ("sgd", 1e9): "diverged",
-                     ("adam", 1e8): "diverged", ("adam", 1e-3): "done"}
-    assert [t["status"] for t in net["tuning"]] == ["diverged", "diverged", "diverged",
-                                                    "max_steps"]
-    assert [t.get("selected") for t in net["tuning"]] == [None, None, False, True]
-    sgd, adam = net["runs"]
-    assert sgd["status"] == "diverged" and math.isnan(sgd["alpha_hat"])
-    assert adam["lr"] == 1e-3 and math.isfinite(adam["alpha_hat"]) and adam["sharpness"] > 0
-    assert len(store.records(f"{sva.NAME}/analysis")) == 1  # nothing to analyse for SGD
-    # Rerunning the sweep recomputes nothing, the diverged runs included.
-    assert sva._network_part(store, p, 0, False)["computed"] == {"train": 0, "analysis": 0}
-
-
-def test_a_replay_that_differs_fails_loudly():
-    p = _tiny()
-    config = sva._train_configs(p, 0)[0]
-    stored = sva.train_unit(config)
-    analysis = sva._analysis_configs(p, 0, {("digits", "sgd"): {
-        "lr": config["lr"], "final_loss": stored["final_loss"] * (1 + 1e-12)}})[0]
-    with pytest.raises(RuntimeError, match="not deterministic"):
-        sva.analysis_unit(analysis)
+def test_averaging_windows_are_independent_and_weighted():
+    w = sva.ema_weights(0.9, 30)
+    assert torch.isclose(w[-1], torch.tensor(0.1, dtype=w.dtype))
+    assert torch.isclose(w.sum(), torch.tensor(1 - 0.9**30, dtype=w.dtype))
+    # Gaussian noise: averaging independent windows keeps α̂ at 2 (no autocorrelation bias).
+    g = torch.Generator().manual_seed(1)
+    xi = torch.randn(200, 30, 500, generator=g, dtype=torch.float64)
+    averaged = torch.einsum("k,wkd->wd", w, xi)
+    assert abs(sva.per_coordinate_tail(averaged, bootstrap=0, seed=0)["alpha"] - 2.0) < 0.1
