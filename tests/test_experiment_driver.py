@@ -112,6 +112,8 @@ def test_finished_seeds_are_resumed_and_config_changes_rerun(tmp_path):
     (tmp_path / "seeds" / "seed-5.json").write_text("{broken")
     run(_toy(), tmp_path, preset=Toy(50, tol=0.1), seeds=[5], progress=False)
     assert CALLS == [3, 4, 5, 5]  # a damaged file and a changed config are measured again
+    run(_toy(code_version="changed"), tmp_path, preset="quick", seeds=[3], progress=False)
+    assert CALLS == [3, 4, 5, 5, 3]  # so are the records of other code
 
 
 def test_verdicts_from_seed_outcomes():

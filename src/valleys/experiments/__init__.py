@@ -9,6 +9,7 @@ adding a reproduction means writing those three files. ``valleys reproduce NAME`
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -74,4 +75,5 @@ def load_experiment(name: str) -> Experiment:
         summary=getattr(measure, "summary", None),
         seeds=getattr(measure, "SEEDS", {}),
         title=title,
+        code_version=hashlib.sha256(Path(measure.__file__).read_bytes()).hexdigest()[:16],
     )

@@ -4,7 +4,8 @@
 not writable, an unavailable device, bad seeds or an unknown preset give a ``ValueError``),
 then measures each seed that the output folder does not already hold. Each seed's records are
 written atomically to ``seeds/seed-<s>.json`` and reused on the next call with the same preset,
-configuration and device, so a killed run resumes at the first unfinished seed. The claims,
+configuration, device and ``measure.py`` (its hash), so a killed run resumes at the first
+unfinished seed, and records of changed code are never reused. The claims,
 figures, results table and report are always rebuilt from the stored records.
 """
 
@@ -238,7 +239,8 @@ def run(
         bar = tqdm(total=len(chosen), desc=experiment.name, unit="seed", file=sys.stderr)
     for seed in chosen:
         target = seed_dir / f"seed-{seed}.json"
-        key = {"preset": preset_name, "config": config_dict, "device": dev.type}
+        key = {"preset": preset_name, "config": config_dict, "device": dev.type,
+               "code": experiment.code_version}
         stored = None
         if target.exists():
             try:

@@ -204,3 +204,4 @@ class Experiment:
     summary: Callable[..., dict[str, Any]] | None = None
     seeds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     title: str = ""
+    code_version: str = ""  # a hash of measure.py: stored seeds of other code are measured again
