@@ -502,12 +502,42 @@ def bench_trace(pb: Problem, device: torch.device, probes: int, repeats: int, bu
 
 
 # -- 4. sharpness tracking ------------------------------------------------------------------------
+def _gd(obj: valleys.Objective, lr: float, preset, steps: int, callbacks=()):
+    """The edge-of-stability reproduction's GD run at ``lr`` (seed 0) for ``steps`` steps."""
+    from valleys.train import train
+
+    return train(obj, lr=lr, steps=steps, record_every=preset.record_every, seed=0,
+                 callbacks=callbacks)
+
+
+def tracking_cost(obj: valleys.Objective, lr: float, preset) -> dict[str, Any]:
+    """GD untracked, then tracked every ``sharpness_every`` steps with the default warm start:
+    wall and CPU times of both training loops and the tracker's HVPs (same iterates)."""
+    from valleys.train import SharpnessTracker
+
+    cpu = time.process_time()
+    plain = _gd(obj, lr, preset, preset.steps).wall_time
+    plain_cpu = time.process_time() - cpu
+    tracker = SharpnessTracker(obj, every=preset.sharpness_every, tol=preset.tol, seed=0)
+    cpu = time.process_time()
+    tracked = _gd(obj, lr, preset, preset.steps, [tracker]).wall_time
+    tracked_cpu = time.process_time() - cpu
+    evaluations = len(tracker.history)
+    return {
+        "lr": lr, "sharpness_every": preset.sharpness_every, "tol": preset.tol,
+        "num_parameters": obj.dim, "n": obj.n, "evaluations": evaluations,
+        "untracked_s": plain, "tracked_warm_s": tracked, "untracked_cpu_s": plain_cpu,
+        "tracked_warm_cpu_s": tracked_cpu, "overhead_warm_cpu": tracked_cpu / plain_cpu - 1,
+        "overhead_warm": tracked / plain - 1, "matvecs_warm": tracker.total_matvecs,
+        "matvecs_per_evaluation_warm": tracker.total_matvecs / evaluations,
+    }
+
+
 def bench_tracking(device: torch.device, steps: int, clock: Clock) -> dict[str, Any]:
     """GD untracked vs tracked every 10 steps, edge-of-stability quick problem on the device."""
     import dataclasses
 
-    from valleys.data import load_digits
-    from valleys.experiments import edge_of_stability as eos
+    from valleys.experiments.edge_of_stability import measure as eos
 
     preset = dataclasses.replace(eos.PRESETS["quick"], steps=steps)
     factor = preset.gd_factors[0]
@@ -515,20 +545,18 @@ def bench_tracking(device: torch.device, steps: int, clock: Clock) -> dict[str, 
                            "widths": list(preset.widths), "tol": preset.tol,
                            "sharpness_every": preset.sharpness_every}
     try:
-        X, Y = load_digits(seed=0, one_hot=True, dtype=torch.float32).train
-        X, Y = X[: preset.n].to(device), Y[: preset.n].to(device)
-        model = MLP(preset.widths, "tanh", seed=0).to(device=device, dtype=torch.float32)
-        obj = valleys.Objective(model, "mse", (X, Y))
+        obj = eos.objective(preset, 0, device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # tol 1e-6 in float32
             a0 = float(valleys.eigsh(valleys.hessian(obj), k=1, tol=1e-6, seed=0).values[0])
-        plan = {"optimizer": "gd", "lr": eos._round(2.0 / (factor * a0))}
-        eos._train(obj, {**plan}, dataclasses.replace(preset, steps=10), 0, [])  # warm-up
+        lr = next(run["lr"] for run in eos.plan(preset, a0)
+                  if run["optimizer"] == "gd" and run["factor"] == factor)
+        _gd(obj, lr, preset, 10)  # warm-up
         sync(device)
         start = time.perf_counter()
-        cost = eos._cost(obj, plan, preset, 0, cold=False)
+        cost = tracking_cost(obj, lr, preset)
         sync(device)
-        out.update({k: v for k, v in cost.items() if k != "warm_history"})
+        out.update(cost)
         out["a0"] = a0
         out["total_s"] = time.perf_counter() - start
         out["tracked_over_untracked"] = C.ratio(cost["tracked_warm_s"], cost["untracked_s"])
