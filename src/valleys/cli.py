@@ -237,11 +237,11 @@ def reproduce(
     Finished seeds in the output folder are reused, so an interrupted run resumes.
     """
     from valleys._checks import available_device, writable_folder
-    from valleys.experiments import EXPERIMENTS, LEGACY, load_experiment
+    from valleys.experiments import EXPERIMENTS, load_experiment
     from valleys.experiments.driver import run
 
     if list_all or not name:
-        for known in sorted({*EXPERIMENTS, *LEGACY}):
+        for known in sorted(EXPERIMENTS):
             typer.echo(known)
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -260,18 +260,10 @@ def reproduce(
             raise ValueError(
                 f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2"
             ) from None
+    experiment = load_experiment(name)
     # Arguments are checked here, before anything is computed.
     available_device(device)
     folder = writable_folder(out or Path("results") / name)
-    if name in LEGACY:  # TEMPORARY: until every reproduction follows the protocol
-        import importlib
-
-        importlib.import_module(LEGACY[name]).run(
-            folder, preset=chosen, seed=(seed_list or [0])[0], progress=True
-        )
-        Console().print(f"report written to {(folder / 'report.md').resolve()}")
-        return
-    experiment = load_experiment(name)
     run(experiment, folder, preset=chosen, seeds=seed_list, device=device, progress=True)
     Console().print(f"report written to {(folder / 'report.md').resolve()}")
 

@@ -37,16 +37,6 @@ EXPERIMENTS: dict[str, str] = {
     if folder.is_dir() and (folder / "measure.py").exists()
 }
 
-# TEMPORARY (removed once every reproduction is a folder): single-module reproductions with
-# their own ``run(out, preset=, seed=, progress=)``.
-_INTERNAL = {"__init__", "common", "driver", "index", "output", "plotting", "protocol"}
-LEGACY: dict[str, str] = {
-    f.stem.replace("_", "-"): f"valleys.experiments.{f.stem}"
-    for f in sorted(_HERE.glob("*.py"))
-    if f.stem not in _INTERNAL and f.stem.replace("_", "-") not in EXPERIMENTS
-}
-
-
 def load_experiment(name: str) -> Experiment:
     """The reproduction registered under ``name`` (its three modules, checked)."""
     if name not in EXPERIMENTS:

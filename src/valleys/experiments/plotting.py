@@ -9,6 +9,8 @@ folder refuses to save a figure with problems.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["figure_problems", "seed_band"]
@@ -22,7 +24,8 @@ def seed_band(ax, x, ys, *, label: str, color=None, marker: str | None = None) -
     """
     ys = np.atleast_2d(np.asarray(ys, dtype=float))
     x = np.asarray(x, dtype=float)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a column no seed measured stays NaN, without a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(ys, axis=0)
         low, high = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
     (line,) = ax.plot(x, mean, label=f"{label} (mean of {ys.shape[0]} seeds)" if ys.shape[0] > 1
