@@ -319,7 +319,8 @@ def scale_spread(samples: torch.Tensor) -> float:
     """Ratio of the 90th to the 10th percentile of the coordinates' median absolute values."""
     scale = samples.abs().median(dim=0).values
     scale = scale[scale > 0]
-    low, high = torch.quantile(scale, torch.tensor([0.1, 0.9], dtype=scale.dtype))
+    q = torch.tensor([0.1, 0.9], dtype=scale.dtype, device=scale.device)
+    low, high = torch.quantile(scale, q)
     return float(high / low)
 
 
