@@ -160,8 +160,7 @@ def report(records_by_seed: dict[int, Any], config: Preset, claims: list[Claim])
         "In (B) the loss scales are saturation scales along the top eigenvector at the "
         "zero-loss minimum θ* (the teacher); a grid of "
         f"{p.per_decade} points per decade quantizes the ratio to steps of "
-        f"{fmt(10 ** (1 / p.per_decade), 3)}×. The paper's figures and numbers were not "
-        "available (digest: `shared/reference/implicit-bias.md`, paper 4), so every set-up "
-        "here is our operationalization of the abstract.",
+        f"{fmt(10 ** (1 / p.per_decade), 3)}×. Only the paper's abstract was available to us "
+        "(not its figures or numbers), so every set-up here is our operationalization of it.",
     ]
     return "\n".join(lines)
