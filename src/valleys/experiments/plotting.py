@@ -13,7 +13,10 @@ import warnings
 
 import numpy as np
 
-__all__ = ["figure_problems", "seed_band"]
+__all__ = ["LEGEND_OUTSIDE", "figure_problems", "seed_band"]
+
+#: ``ax.legend(**LEGEND_OUTSIDE)`` puts the legend right of the axes, where it covers no data.
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8}
 
 
 def seed_band(ax, x, ys, *, label: str, color=None, marker: str | None = None) -> None:

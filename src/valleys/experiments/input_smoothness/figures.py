@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.ticker import NullLocator
 
 from valleys.experiments.input_smoothness.measure import Preset, frame_of, robust_key
-from valleys.experiments.plotting import seed_band
+from valleys.experiments.plotting import LEGEND_OUTSIDE, seed_band
 from valleys.experiments.protocol import Figure
 
 __all__ = ["figures"]
@@ -63,7 +63,7 @@ def _batch_label(batch: int, n: int) -> str:
 
 def _legend_right(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+        ax.legend(**LEGEND_OUTSIDE)
 
 
 def _fig_vs_lr(frame: pd.DataFrame, n: int, out) -> Figure:

@@ -20,13 +20,12 @@ from valleys.experiments.linear_stability.measure import (
     Preset,
 )
 from valleys.experiments.output import OutputFolder
+from valleys.experiments.plotting import LEGEND_OUTSIDE
 from valleys.experiments.protocol import Figure
 
 __all__ = ["figures"]
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 7, "frameon": False}
-
 
 def _colors(values) -> dict[Any, Any]:
     values = sorted(values)
@@ -49,7 +48,7 @@ def _legend(ax, axes, seeds) -> None:
     for i, seed in enumerate(seeds):
         handles.append(Line2D([], [], marker=_marker(i), color="0.4", ls="none"))
         labels.append(f"seed {seed}")
-    ax.legend(handles, labels, **OUTSIDE)
+    ax.legend(handles, labels, **LEGEND_OUTSIDE)
 
 
 def _gd_figure(records_by_seed: Mapping[int, Any], out: OutputFolder) -> Figure:
@@ -78,8 +77,8 @@ def _gd_figure(records_by_seed: Mapping[int, Any], out: OutputFolder) -> Figure:
                label=f"criterion (η ≥ 2/a₀): a·η/2 ≥ {GD_EDGE_BAND:g}")
     right.set(xscale="log", xlabel="learning rate η", ylabel="a·η/2 (sharpness over 2/η)",
               title="(a) GD: sharpness relative to 2/η", ylim=(-0.08, 1.2))
-    left.legend(**OUTSIDE)
-    right.legend(**OUTSIDE)
+    left.legend(**LEGEND_OUTSIDE)
+    right.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "gd_sharpness")
     return Figure("gd_sharpness", "(a) GD's final sharpness against the learning rate (left, "
@@ -194,7 +193,7 @@ def _escape_figure(records_by_seed: Mapping[int, Any], config: Preset, n: int,
         handles.append(Line2D([], [], marker=_marker(i), color="0.4",
                               ls=LINESTYLES[i % len(LINESTYLES)]))
         labels.append(f"seed {seed}")
-    plane.legend(handles, labels, **OUTSIDE)
+    plane.legend(handles, labels, **LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "escape")
     return Figure("escape", "(c) Escape: the full-batch loss after switching from the GD "

@@ -9,10 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from valleys.experiments.meanfield_batchnorm.measure import MISMATCH_TOL, Preset
-from valleys.experiments.plotting import seed_band
+from valleys.experiments.plotting import LEGEND_OUTSIDE, seed_band
 from valleys.experiments.protocol import Figure
-
-OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8}
 
 
 def _positive(values) -> np.ndarray:
@@ -37,7 +35,7 @@ def _trajectories(records_by_seed, config: Preset, out) -> Figure:
     for ax in (ax_loss, ax_mm):
         ax.set_yscale("log")
         ax.set_xlabel("GD step (count)")
-        ax.legend(**OUTSIDE)
+        ax.legend(**LEGEND_OUTSIDE)
     ax_loss.set_ylabel("training loss (square loss, target units²)")
     ax_mm.set_ylabel("largest relative difference (dimensionless)")
     fig.tight_layout()
@@ -64,7 +62,7 @@ def _norm_growth(records_by_seed, config: Preset, out) -> Figure:
     ax.set_xlabel("GD step (count)")
     ax.set_ylabel("‖w_k‖² / ‖w_k(0)‖² − 1 (dimensionless)")
     ax.set_title(f"Norm growth under GD with BN ({act}, first neurons)", fontsize=9)
-    ax.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "norm_growth")
     return Figure("norm_growth",
@@ -86,7 +84,7 @@ def _flow(records_by_seed, out) -> Figure:
     ax.set_xlabel("step η at fixed flow time (dimensionless)")
     ax.set_ylabel("max_k relative drift of ‖w_k‖² (dimensionless)")
     ax.set_title("‖w‖ is conserved by the flow: the drift falls like η", fontsize=9)
-    ax.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "flow_conservation")
     return Figure("flow_conservation",
@@ -103,7 +101,7 @@ def _widths(records_by_seed, config: Preset, out) -> Figure:
     ax.set_xlabel("GD step (count; particles move by ηm)")
     ax.set_ylabel("training loss (square loss, target units²)")
     ax.set_title("BN networks in the mean-field scaling", fontsize=9)
-    ax.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "width_curves")
     return Figure("width_curves",

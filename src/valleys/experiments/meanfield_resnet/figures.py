@@ -14,7 +14,7 @@ from valleys.experiments.meanfield_resnet.measure import (
     ratio_stats,
     relative_order_sensitivity,
 )
-from valleys.experiments.plotting import seed_band
+from valleys.experiments.plotting import LEGEND_OUTSIDE, seed_band
 from valleys.experiments.protocol import Figure
 from valleys.meanfield.resnet import SCHEMES
 
@@ -92,7 +92,7 @@ def _fig_training(records: dict[int, Any], out) -> Figure:
     ax.legend(loc="upper right", fontsize=8)
     _ratio_panel(axes[1], records, "shuffle")
     _ratio_panel(axes[2], records, "refine")
-    axes[2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    axes[2].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "training_schemes")
     return Figure("training_schemes", "Training schemes at equal cost. Left: training loss "

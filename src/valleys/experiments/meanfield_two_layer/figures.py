@@ -19,12 +19,10 @@ from valleys.experiments.meanfield_two_layer.measure import (
     trace_steps,
     width_fit,
 )
-from valleys.experiments.plotting import seed_band
+from valleys.experiments.plotting import LEGEND_OUTSIDE, seed_band
 from valleys.experiments.protocol import Figure
 
 __all__ = ["figures"]
-
-OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 7}
 
 
 def _colors(n: int) -> list:
@@ -92,8 +90,8 @@ def _loss_curves(records: dict[int, Any], config: Preset, out) -> Figure:
     ax2.set(xscale="log", yscale="log", xlabel="flow time t", ylabel="population risk R",
             title="(b) to stationarity (dots: stop at G/R ≤ "
                   f"{config.stationary_rate:g})")
-    ax.legend(**OUTSIDE)
-    ax2.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
+    ax2.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "loss_curves")
     return Figure("loss_curves", "Population risk against flow time for each width (mean over "
@@ -144,7 +142,7 @@ def _width_scaling(records: dict[int, Any], config: Preset, out) -> Figure:
                 title="(e) path norm at stationarity")
     for a in axes:
         _width_ticks(a, widths)
-        a.legend(**OUTSIDE)
+        a.legend(**LEGEND_OUTSIDE)
     ax.autoscale_view()
     ax_gap.autoscale_view()
     _label_minor_ticks(ax)
@@ -176,7 +174,7 @@ def _balancedness(records: dict[int, Any], config: Preset, out) -> Figure:
             a.plot(steps, top * (steps / steps[0]) ** p, "k:", label=name)
         a.set(xscale="log", yscale="log", xlabel="flow-time step h")
         _step_ticks(a, steps)
-        a.legend(**OUTSIDE)
+        a.legend(**LEGEND_OUTSIDE)
     ax.set(ylabel="max_j |ΔB_j| / max_j |B_j(0)|",
            title=f"(c) smooth particles (‖w_j‖ ≥ {SMOOTH_RADIUS} throughout)")
     ax2.set(ylabel="max_j |ΔB_j| / max_j |B_j(0)|",
@@ -204,7 +202,7 @@ def _mmn(records: dict[int, Any], config: Preset, out) -> Figure:
                 ax.plot(t, np.array(q)[:, j], "o", color=f"C{j}", ms=3)
     ax.plot([], [], "ko", ms=3, label=f"particles ({len(seeds)} seeds)")
     ax.set(xlabel="flow time t", ylabel="‖w‖ quantile", title="(d) radius quantiles")
-    ax.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
     ax2.plot(t, first["pde_risk"], "k-", label="PDE risk")
     for k, s in enumerate(seeds):
         risk = records[s]["mmn"].get("particle_risk")
@@ -212,7 +210,7 @@ def _mmn(records: dict[int, Any], config: Preset, out) -> Figure:
             ax2.plot(t[:len(risk)], risk, "o", color=f"C{k}", ms=4,
                      label=f"particles, seed {s} (Monte Carlo)")
     ax2.set(xlabel="flow time t", ylabel="risk E(y − ŷ)²", title="(d) risk")
-    ax2.legend(**OUTSIDE)
+    ax2.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "mmn_pde")
     return Figure("mmn_pde", f"Mei–Montanari–Nguyen's isotropic Gaussians: radius quantiles and "

@@ -19,11 +19,10 @@ from valleys.experiments.multiscale.measure import (
     local_exponents,
     toy_increment,
 )
+from valleys.experiments.plotting import LEGEND_OUTSIDE
 from valleys.experiments.protocol import Figure
 
 __all__ = ["figures"]
-
-_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 7}
 
 
 def _colors(n: int) -> list:
@@ -44,7 +43,7 @@ def _eos(records: dict[int, Any], out) -> Figure:
     ax1.axhline(1.0, color="k", ls="--", lw=0.8, label="2/η")
     ax1.set(xlabel="GD step", ylabel="sharpness · η/2 (dimensionless)")
     ax2.set(xlabel="GD step", ylabel="training loss (½ squared error)")
-    ax1.legend(**_OUTSIDE)
+    ax1.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "eos_training")
     return Figure("eos_training", "(A) Full-batch GD on the digits tanh MLP: sharpness in units "
@@ -86,7 +85,7 @@ def _growth(records: dict[int, Any], out) -> Figure | None:
     ax1.set(xlabel="|t| (parameter distance along u)", ylabel="ΔL(t) = L(θ_c + tu) − L(θ_c)")
     ax2.set(xlabel="|t| (parameter distance along u)",
             ylabel="local exponent p = d log ΔL / d log|t|", ylim=(-0.5, 3.0))
-    ax1.legend(**_OUTSIDE)
+    ax1.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "growth")
     return Figure("growth", "(A) Left: the loss increment along the top Hessian eigenvector from "
@@ -125,7 +124,7 @@ def _cycles(records: dict[int, Any], out) -> Figure | None:
         ax.set_xlabel("restricted GD step k")
     axes[0].set_ylabel("t_k (distance along u from the floor)")
     axes[n].set(xlabel="r = η / (2/λ)", ylabel="2-cycle amplitude |t_k − t_(k−1)|/2")
-    axes[n].legend(**_OUTSIDE)
+    axes[n].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "cycles")
     return Figure("cycles", "(A) GD restricted to the top eigen-direction at η = r·2/λ: the last "
@@ -166,7 +165,7 @@ def _origin(records: dict[int, Any], config: Preset, out) -> Figure:
                 title="decayed to η₂ after the dotted line")
     axes[2].set(xlabel="GD step", ylabel="group share of the training loss",
                 title="control: η₁ throughout")
-    axes[0].legend(**_OUTSIDE)
+    axes[0].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "origin")
     return Figure("origin", "(B) Left: each group's loss along the top Hessian eigenvector at the "

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.animation import PillowWriter
 
-from valleys.experiments.plotting import seed_band
+from valleys.experiments.plotting import LEGEND_OUTSIDE, seed_band
 from valleys.experiments.protocol import Figure
 from valleys.experiments.quasistatic_games.measure import (
     CONVERGED_FLOOR_FACTOR,
@@ -27,7 +27,6 @@ from valleys.games.gans import gaussian_mixture
 COLORS = {"quasistatic": "C0", "descent-ascent": "C1", "wfr": "C2"}
 ANIMATION_DPI = 60
 ANIMATION_RC = {"lines.antialiased": False, "patch.antialiased": False}
-OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8}
 TITLES = {"quadratic": "quadratic–bilinear: W2 to N(0,τ/a)×N(0,τ/b)",
           "torus": "torus cos(x−y): NI error", "cycling": "torus sin(x−y), low τ: NI error"}
 YLABELS = {"quadratic": "W2 of Gaussian fits (strategy units)",
@@ -62,7 +61,7 @@ def _closed_form(records_by_seed, out) -> Figure:
         ax.set_xlabel("outer step (count)")
         ax.set_ylabel(YLABELS[game])
         ax.set_title(TITLES[game], fontsize=9)
-    axes[-1].legend(**OUTSIDE)
+    axes[-1].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "convergence_closed_form")
     return Figure("convergence_closed_form",
@@ -84,7 +83,7 @@ def _cycling(records_by_seed, out) -> Figure:
     ax.set_xlabel("outer step (count)")
     ax.set_ylabel("x-cloud phase turned (rad)")
     ax.set_title("sin(x − y): rotation of the x-cloud's first Fourier mode", fontsize=9)
-    ax.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "cycling_game")
     return Figure("cycling_game",
@@ -105,7 +104,7 @@ def _cycling_clouds(records_by_seed, out) -> Figure:
         ax.set_title(f"{method}: final clouds, seed {seed}", fontsize=9)
         ax.set_xlabel("position on the circle (rad)")
     axes[0].set_ylabel("density (1/rad)")
-    axes[-1].legend(**OUTSIDE)
+    axes[-1].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "cycling_clouds")
     return Figure("cycling_clouds",
@@ -124,7 +123,7 @@ def _rps(records_by_seed, out) -> Figure:
     ax.set_xlabel("mirror step (count)")
     ax.set_ylabel("NI error (payoff units)")
     ax.set_title("rock–paper–scissors, mirror descent–ascent on the weights", fontsize=9)
-    ax.legend(**OUTSIDE)
+    ax.legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "rock_paper_scissors")
     return Figure("rock_paper_scissors",
@@ -154,7 +153,7 @@ def _gan_fit(records_by_seed, config, out) -> Figure:
         ax.set_ylabel("W2(generated, target) / W2 floor (ratio)")
         ax.set_title(f"{target}: fit after {config.gan_evaluations} payoff evaluations",
                      fontsize=9)
-    axes[0][-1].legend(**OUTSIDE)
+    axes[0][-1].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "gan_fit")
     return Figure("gan_fit",
@@ -179,7 +178,7 @@ def _gan_curves(records_by_seed, config, out) -> Figure:
         ax.set_xlabel("payoff evaluations (count)")
         ax.set_ylabel("W2(generated, target) / W2 floor (ratio)")
         ax.set_title(f"{target}: fit over training", fontsize=9)
-    axes[0][-1].legend(**OUTSIDE)
+    axes[0][-1].legend(**LEGEND_OUTSIDE)
     fig.tight_layout()
     out.save_figure(fig, "gan_curves")
     return Figure("gan_curves",

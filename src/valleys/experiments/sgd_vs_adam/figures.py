@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from valleys.experiments.plotting import seed_band
+from valleys.experiments.plotting import LEGEND_OUTSIDE, seed_band
 from valleys.experiments.protocol import Figure
 from valleys.experiments.sgd_vs_adam.measure import (
     ESCAPE_ALPHAS,
@@ -28,7 +28,7 @@ NAMES = {"sgd": "SGD", "adam": "Adam", "adam-no-averaging": "Adam-like, no avera
 
 
 def _outside_legend(ax) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    ax.legend(**LEGEND_OUTSIDE)
 
 
 def _training(records_by_seed: Mapping[int, Any], config: Preset, out) -> Figure:
