@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import valleys
+from valleys import Objective
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
@@ -122,3 +123,19 @@ def test_chunking_never_changes_the_numbers(chunk, n):
     v = torch.linspace(-1, 1, whole.dim, dtype=torch.float64)
     hv = valleys.hessian(whole).matvec(v)
     assert torch.allclose(valleys.hessian(chunked).matvec(v), hv, rtol=1e-11, atol=1e-14)
+
+
+def test_every_label_and_every_batch_is_checked_when_built():
+    model = torch.nn.Linear(3, 4)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 3, generator=g)
+    y = torch.randint(0, 4, (10,), generator=g)
+    with pytest.raises(ValueError, match=r"batch 1: class labels must lie in \[0, 4\).*\[7, 7\]"):
+        Objective(model, "ce", [(X[:5], y[:5]), (X[5:], torch.full((5,), 7))])
+    late = y.clone()
+    late[-1] = -1  # beyond the two samples the model is tried on
+    with pytest.raises(ValueError, match=r"batch 0: class labels must lie in \[0, 4\)"):
+        Objective(model, "ce", (X, late))
+    with pytest.raises(ValueError, match="batch 0 of the data is empty; drop empty batches"):
+        Objective(model, "ce", [(X[:0], y[:0]), (X, y)])
+    assert Objective(model, "ce", [(X[:5], y[:5]), (X[5:], y[5:])]).n == 10

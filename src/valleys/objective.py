@@ -368,14 +368,20 @@ class Objective:
         first = True
         self._num_chunks = 0
         batches = [self._tensors] if self._tensors is not None else self._batches
-        for X, Y in batches:
+        classes = None
+        for index, (X, Y) in enumerate(batches):
             _check_batch(X, Y, self.dtype)
+            if X.shape[0] == 0 and self._tensors is None:
+                raise ValueError(f"batch {index} of the data is empty; drop empty batches (e.g. "
+                                 "a DataLoader with drop_last=True, or filter them out)")
             self._num_chunks += -(-X.shape[0] // (self.chunk_size or max(X.shape[0], 1)))
             if first and X.shape[0] > 0:
                 # Run two samples through the model once so shape errors surface here.
                 with torch.no_grad():
                     out = self.forward(self.parameters_vector(), X[:2].to(self.device))
                 check_targets(self.loss_name, out, Y[:2].to(self.device))
+                if self.loss_name == "ce" and not Y.is_floating_point():
+                    classes = out.shape[1]
                 if self.loss_name not in ("mse", "ce"):
                     value = self.loss_fn(out, Y[:2].to(self.device))
                     if value.shape != (out.shape[0],):
@@ -384,6 +390,14 @@ class Objective:
                             f"{tuple(value.shape)}; use reduction='none' and sum over outputs"
                         )
                 first = False
+            if classes is not None and Y.numel():
+                # Every label of every batch, once: a bad label deep in the data would
+                # otherwise fail as an IndexError in the middle of a computation.
+                low, high = int(Y.min()), int(Y.max())
+                if low < 0 or high >= classes:
+                    raise ValueError(f"batch {index}: class labels must lie in [0, {classes}) "
+                                     f"for a model with {classes} outputs, got labels in "
+                                     f"[{low}, {high}]")
             n += X.shape[0]
         if n == 0 and not self.distributed:  # a sharded objective checks all shards at once
             raise ValueError("the data set is empty; an objective needs at least one sample")
