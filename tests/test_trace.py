@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -131,3 +132,20 @@ def test_operator_that_mutates_its_input():
     assert trace(op, "exact").value == pytest.approx(float(torch.trace(FLAT)), rel=1e-12)
     res = trace(op, "hutch++", num_matvecs=60)
     assert abs(res.value - float(torch.trace(FLAT))) < 5 * res.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_hutchpp_runs_on_half_precision_operators(dtype):
+    import valleys
+    from valleys import Objective
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(64, 5, generator=g), torch.randn(64, 2, generator=g)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    half = Objective(copy.deepcopy(model).to(dtype), "mse", (X.to(dtype), Y.to(dtype)))
+    exact = Objective(model.double(), "mse", (X.double(), Y.double()))
+    truth = float(torch.trace(valleys.hessian(exact).to_dense()))
+    result = valleys.trace(valleys.hessian(half), method="hutch++", num_matvecs=150, seed=0)
+    # The estimator's own error plus the operator's rounding (half precision: ~1e-2).
+    assert abs(result.value - truth) <= 4 * result.stderr + 0.05 * abs(truth)

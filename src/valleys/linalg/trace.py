@@ -51,7 +51,8 @@ def _quadratic_forms(
     for j in range(0, n, _BLOCK):
         G = _probes(op, min(_BLOCK, n - j), distribution, gen)
         if Q is not None:
-            G = G - Q @ (Q.T @ G)
+            W = G.to(Q.dtype)
+            G = (W - Q @ (Q.T @ W)).to(op.dtype)
         samples.append((G * _matmat(op, G)).sum(dim=0, dtype=torch.float64))
     return torch.cat(samples).cpu()
 
@@ -141,8 +142,11 @@ def trace(
     n_hutch = m - 2 * n_sketch
     # Q = qr(A S): an orthonormal basis of A's dominant range (reduced QR; if n_sketch > p it
     # is a full basis, the deflated part is zero and the estimate is exact).
-    Q = torch.linalg.qr(_matmat(op, _probes(op, n_sketch, distribution, gen))).Q
-    low_rank = float((Q * _matmat(op, Q)).sum(dtype=torch.float64))
+    # The QR runs in at least float32: half-precision operators have no QR kernel on the CPU,
+    # and an orthonormal basis needs more digits than bfloat16 keeps.
+    work = torch.promote_types(op.dtype, torch.float32)
+    Q = torch.linalg.qr(_matmat(op, _probes(op, n_sketch, distribution, gen)).to(work)).Q
+    low_rank = float((Q * _matmat(op, Q.to(op.dtype))).sum(dtype=torch.float64))
     residual, stderr = _mean_stderr(_quadratic_forms(op, n_hutch, distribution, gen, Q))
     return TraceResult(
         low_rank + residual,
