@@ -46,7 +46,7 @@ def write_index(root: str | Path, *, title: str = "Results of the full presets")
         runs.append({"reproduction": link, "preset": summary.get("preset"),
                      "seeds": ",".join(str(s) for s in summary.get("seeds", [])),
                      "device": summary.get("device"),
-                     "seed wall time (s)": meta.get("measure_s"),
+                     "measuring time, all seeds (s)": meta.get("measure_s"),
                      "verdicts": ", ".join(f"{v}: {counts[v]}" for v in VERDICTS if counts[v])})
         for claim in summary["claims"]:
             claims.append({"reproduction": link, "claim": f"`{claim['id']}`: {claim['claim']}",
