@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -113,8 +114,6 @@ def _versions() -> dict[str, str]:
 
 def _measure_seed(experiment: Experiment, config: Any, seed: int, device: torch.device,
                   workdir: Path) -> Any:
-    import inspect
-
     kwargs = {}
     if "workdir" in inspect.signature(experiment.measure).parameters:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,8 @@ def _report(experiment: Experiment, summary: dict[str, Any], body: str, table) -
         "",
         "```bash",
         f"valleys reproduce {experiment.name} --preset {summary['preset']} --seeds {seeds} "
-        f"--device {summary['device']}",
+        f"--device {summary['device']}" if summary["preset"] != "custom" else
+        "# a custom preset, run from Python: valleys.experiments.run(name, out, preset=...)",
         "```",
         "",
         "## Claims and verdicts",
