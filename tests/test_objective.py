@@ -139,3 +139,31 @@ def test_every_label_and_every_batch_is_checked_when_built():
     with pytest.raises(ValueError, match="batch 0 of the data is empty; drop empty batches"):
         Objective(model, "ce", [(X[:0], y[:0]), (X, y)])
     assert Objective(model, "ce", [(X[:5], y[:5]), (X[5:], y[5:])]).n == 10
+
+
+def test_hidden_randomness_and_batch_dependence_are_refused():
+    import torch.nn.functional as F
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(20, 4, generator=g), torch.randn(20, 2, generator=g)
+
+    class FunctionalDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.layer(F.dropout(x, 0.5, training=True))
+
+    batch_stats = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, track_running_stats=False),
+                                nn.Linear(8, 2)).eval()
+    rrelu = nn.Sequential(nn.Linear(4, 8), nn.RReLU(), nn.Linear(8, 2))
+    for model, message in ((FunctionalDropout(), "different outputs for the same inputs"),
+                           (rrelu, "different outputs for the same inputs"),
+                           (batch_stats, "depend on which samples share a batch")):
+        with pytest.raises(ValueError, match=message):
+            Objective(model, "mse", (X, Y))
+        assert Objective(model, "mse", (X, Y), allow_train_mode=True).n == 20  # the opt-out
+    running = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).eval()
+    assert Objective(running, "mse", (X, Y), chunk_size=3).n == 20

@@ -38,6 +38,12 @@ _STOCHASTIC_IN_TRAIN = (
 )
 
 
+# Samples evaluated at construction to detect hidden randomness or batch dependence, and how
+# far two evaluations may differ by rounding alone (other batch sizes pick other kernels).
+_PROBE_SAMPLES = 8
+_DETERMINISM_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
 class Objective:
     """Empirical risk ``L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i)`` of a model on a data set.
 
@@ -380,6 +386,8 @@ class Objective:
                 with torch.no_grad():
                     out = self.forward(self.parameters_vector(), X[:2].to(self.device))
                 check_targets(self.loss_name, out, Y[:2].to(self.device))
+                if not self.allow_train_mode:
+                    self._check_deterministic(X[:_PROBE_SAMPLES].to(self.device))
                 if self.loss_name == "ce" and not Y.is_floating_point():
                     classes = out.shape[1]
                 if self.loss_name not in ("mse", "ce"):
@@ -402,6 +410,41 @@ class Objective:
         if n == 0 and not self.distributed:  # a sharded objective checks all shards at once
             raise ValueError("the data set is empty; an objective needs at least one sample")
         return n
+
+    def _check_deterministic(self, X: torch.Tensor) -> None:
+        """Refuse a model whose outputs are random or depend on the batch they are computed in.
+
+        Module types cannot reveal everything: ``F.dropout(training=True)`` or ``nn.RReLU`` in
+        ``forward``, or eval-mode BatchNorm with ``track_running_stats=False`` (batch
+        statistics). So a few samples are evaluated twice, and once split in two halves.
+        """
+        theta = self.parameters_vector()
+        rtol = _DETERMINISM_RTOL.get(self.dtype, 3e-2)
+        with torch.no_grad():
+            first = self.forward(theta, X)
+            again = self.forward(theta, X)
+            half = X.shape[0] // 2
+            split = (torch.cat([self.forward(theta, X[:half]), self.forward(theta, X[half:])])
+                     if half else first)
+        scale = float(first.abs().max()) if first.numel() else 0.0
+
+        def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+            return not torch.allclose(a, b, rtol=rtol, atol=rtol * scale)
+
+        if differ(first, again):
+            raise ValueError(
+                "the model gives different outputs for the same inputs and parameters (dropout "
+                "or RReLU active in forward, e.g. F.dropout(..., training=True)?), so losses "
+                "and curvature would be random; make forward deterministic, or pass "
+                "allow_train_mode=True to accept it"
+            )
+        if differ(first, split):
+            raise ValueError(
+                "the model's outputs depend on which samples share a batch (batch statistics, "
+                "e.g. BatchNorm or InstanceNorm with track_running_stats=False), so results "
+                "would depend on chunking; use running statistics, or pass "
+                "allow_train_mode=True to accept it"
+            )
 
     # -- evaluation -------------------------------------------------------------------------
     def forward(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
