@@ -12,6 +12,7 @@ import torch
 
 from valleys.experiments.common import (
     format_cell,
+    format_spread,
     markdown_table,
     resolve_preset,
     torch_threads,
@@ -52,3 +53,11 @@ def test_resolve_preset_and_threads():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_format_spread_of_values_and_of_spread_dicts():
+    assert format_spread([1.0, None, 3.0, math.nan]) == "2 [1, 3]"
+    assert format_spread([2.5, 2.5]) == "2.5" and format_spread([None]) == "–"
+    assert format_spread({"mean": 2.0, "min": 1.0, "max": 3.0}) == "2 [1, 3]"
+    assert format_spread({"mean": None, "min": None, "max": None}) == "–"
+    assert format_spread([1.23456, 2.0], digits=2) == "1.6 [1.2, 2]"

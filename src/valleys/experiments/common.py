@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["format_cell", "markdown_table", "resolve_preset", "torch_threads"]
+__all__ = ["format_cell", "format_spread", "markdown_table", "resolve_preset", "torch_threads"]
 
 P = TypeVar("P")
 
@@ -53,6 +53,25 @@ def format_cell(value: Any, digits: int = 4) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}: {format_cell(v, digits)}" for k, v in value.items())
     return str(value)
+
+
+def format_spread(values: Sequence[float | None] | Mapping[str, Any], digits: int = 4) -> str:
+    """``mean [min, max]`` of the finite values, or of a ``{"mean", "min", "max"}`` dict (see
+    :func:`~valleys.experiments.protocol.spread`); one value alone when they coincide, ``–``
+    when there is none."""
+    if isinstance(values, Mapping):
+        mean, low, high = values.get("mean"), values.get("min"), values.get("max")
+        if mean is None:
+            return "–"
+    else:
+        finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if not finite:
+            return "–"
+        mean, low, high = sum(finite) / len(finite), min(finite), max(finite)
+    if low is None or low == high:
+        return format_cell(mean, digits)
+    return (f"{format_cell(mean, digits)} [{format_cell(low, digits)}, "
+            f"{format_cell(high, digits)}]")
 
 
 def markdown_table(

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from valleys.experiments.common import format_cell, markdown_table
+from valleys.experiments.common import format_cell, format_spread, markdown_table
 from valleys.experiments.output import OutputFolder
 from valleys.experiments.protocol import VERDICTS
 
@@ -17,11 +17,7 @@ def _measured(measured: dict) -> str:
     parts = []
     for key, value in measured.items():
         if isinstance(value, dict) and "mean" in value:
-            if value.get("min") is None or value["min"] == value["max"]:
-                parts.append(f"{key} {format_cell(value['mean'], 3)}")
-            else:
-                parts.append(f"{key} {format_cell(value['mean'], 3)} "
-                             f"[{format_cell(value['min'], 3)}, {format_cell(value['max'], 3)}]")
+            parts.append(f"{key} {format_spread(value, 3)}")
         else:
             parts.append(f"{key} {format_cell(value, 3)}")
     return "; ".join(parts)

@@ -111,20 +111,13 @@ class Claim:
 
 
 def _describe(measured: Mapping[str, Any]) -> str:
-    from valleys.experiments.common import format_cell
+    from valleys.experiments.common import format_cell, format_spread
 
     parts = []
     for key, value in measured.items():
         if isinstance(value, Mapping) and "mean" in value:
-            if value["mean"] is None:
-                parts.append(f"{key} not measured")
-            elif value["min"] == value["max"]:
-                parts.append(f"{key} = {format_cell(value['mean'])}")
-            else:
-                parts.append(
-                    f"{key} = {format_cell(value['mean'])} "
-                    f"[{format_cell(value['min'])}, {format_cell(value['max'])}]"
-                )
+            parts.append(f"{key} not measured" if value["mean"] is None
+                         else f"{key} = {format_spread(value)}")
         else:
             parts.append(f"{key} = {format_cell(value)}")
     return "; ".join(parts)

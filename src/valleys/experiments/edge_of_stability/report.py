@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import format_spread
 from valleys.experiments.edge_of_stability.measure import (
     BAND,
     FLOW_DEPARTS,
@@ -22,6 +23,8 @@ from valleys.experiments.edge_of_stability.measure import (
 from valleys.experiments.protocol import Claim
 
 __all__ = ["report", "table"]
+
+_range = format_spread  # mean [min, max] over seeds
 
 
 def table(records_by_seed: Mapping[int, Any], config: Preset) -> pd.DataFrame:
@@ -52,16 +55,6 @@ def table(records_by_seed: Mapping[int, Any], config: Preset) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows)
 
-
-def _range(values: Sequence[float | None], digits: int = 4) -> str:
-    """``mean [min, max]`` of the finite values (``–`` when there is none)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return "–"
-    mean = sum(finite) / len(finite)
-    if min(finite) == max(finite):
-        return fmt(mean, digits)
-    return f"{fmt(mean, digits)} [{fmt(min(finite), digits)}, {fmt(max(finite), digits)}]"
 
 
 def _count(number: int, noun: str) -> str:

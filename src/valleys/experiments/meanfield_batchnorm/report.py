@@ -3,13 +3,12 @@ records."""
 
 from __future__ import annotations
 
-import math
+from functools import partial
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import format_spread
 from valleys.experiments.meanfield_batchnorm.measure import (
     DIRECTION_TOL,
     EULER_TOL,
@@ -20,6 +19,8 @@ from valleys.experiments.meanfield_batchnorm.measure import (
     checks,
 )
 from valleys.experiments.protocol import Claim
+
+_stats = partial(format_spread, digits=3)  # mean [min, max] over seeds
 
 
 def table(records_by_seed: dict[int, dict[str, Any]], config: Preset) -> pd.DataFrame:
@@ -48,14 +49,6 @@ def table(records_by_seed: dict[int, dict[str, Any]], config: Preset) -> pd.Data
                          "value": losses[-1]})
     return pd.DataFrame(rows)
 
-
-def _stats(values: list[float | None]) -> str:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return "–"
-    if len(finite) == 1 or min(finite) == max(finite):
-        return fmt(finite[0], 3)
-    return f"{fmt(float(np.mean(finite)), 3)} [{fmt(min(finite), 3)}, {fmt(max(finite), 3)}]"
 
 
 def _exercised(losses: dict[str, tuple[list[float], list[float], list[float]]]) -> str:

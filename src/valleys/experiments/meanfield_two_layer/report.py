@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import format_spread
 from valleys.experiments.meanfield_two_layer.measure import (
     FINAL_SLOPE_RANGE,
     INTEGRATORS,
@@ -24,6 +26,8 @@ from valleys.experiments.protocol import Claim
 
 __all__ = ["report", "table"]
 
+_range = partial(format_spread, digits=3)  # mean [min, max] over seeds
+
 COLUMNS = ("seed", "width", "status", "stop_time", "final_risk", "final_rate", "sup_gap",
            "path_norm", "barron_norm", "balancedness_drift", "risk_increases")
 
@@ -38,15 +42,6 @@ def table(records_by_seed: dict[int, Any], config: Preset) -> pd.DataFrame:
                          "sup_gap": gaps.get(run["width"])})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
-
-def _range(values: list[float | None]) -> str:
-    """``mean [min, max]`` of the finite values (``–`` when none)."""
-    xs = [float(v) for v in values if v is not None and np.isfinite(v)]
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return fmt(xs[0], 3)
-    return f"{fmt(float(np.mean(xs)), 3)} [{fmt(min(xs), 3)}, {fmt(max(xs), 3)}]"
 
 
 def _setup(config: Preset, seeds: list[int]) -> str:

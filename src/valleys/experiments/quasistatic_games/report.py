@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from valleys.experiments.common import format_cell as fmt
+from valleys.experiments.common import format_spread
 from valleys.experiments.protocol import Claim
 from valleys.experiments.quasistatic_games.measure import (
     AVERAGE_GAIN,
@@ -23,6 +25,8 @@ from valleys.experiments.quasistatic_games.measure import (
     gan_ratio,
     gan_steps,
 )
+
+_stats = partial(format_spread, digits=3)  # mean [min, max] over seeds
 
 
 def table(records_by_seed: dict[int, dict[str, Any]], config: Preset) -> pd.DataFrame:
@@ -58,15 +62,6 @@ def table(records_by_seed: dict[int, dict[str, Any]], config: Preset) -> pd.Data
                              "log_likelihood": e["log_likelihood"]})
     return pd.DataFrame(rows)
 
-
-def _stats(values: list[float | None]) -> str:
-    """``mean [min, max]`` of the finite values (``–`` if none)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return "–"
-    if len(finite) == 1 or min(finite) == max(finite):
-        return fmt(finite[0], 3)
-    return f"{fmt(float(np.mean(finite)), 3)} [{fmt(min(finite), 3)}, {fmt(max(finite), 3)}]"
 
 
 def _setup(config: Preset, seeds: list[int]) -> list[str]:
