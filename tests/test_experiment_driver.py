@@ -116,6 +116,22 @@ def test_finished_seeds_are_resumed_and_config_changes_rerun(tmp_path):
     assert CALLS == [3, 4, 5, 5, 3]  # so are the records of other code
 
 
+def test_a_workdir_is_reused_only_under_the_same_key(tmp_path):
+    seen = []
+
+    def measure(config, seed, device, workdir):
+        seen.append(sorted(p.name for p in workdir.iterdir()))
+        (workdir / "unit.txt").write_text("partial work")
+        return _measure(config, seed, device)
+
+    toy = _toy(measure=measure)
+    run(toy, tmp_path, seeds=[0], progress=False)
+    (tmp_path / "seeds" / "seed-0.json").unlink()  # as if killed after its sub-units
+    run(toy, tmp_path, seeds=[0], progress=False)
+    run(_toy(measure=measure, code_version="changed"), tmp_path, seeds=[0], progress=False)
+    assert seen == [["key.json"], ["key.json", "unit.txt"], ["key.json"]]
+
+
 def test_verdicts_from_seed_outcomes():
     assert judge_seeds([True, True]) == "agrees"
     assert judge_seeds([False, None]) == "disagrees"

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,10 +114,17 @@ def _versions() -> dict[str, str]:
 
 
 def _measure_seed(experiment: Experiment, config: Any, seed: int, device: torch.device,
-                  workdir: Path) -> Any:
+                  workdir: Path, key: dict[str, Any]) -> Any:
     kwargs = {}
     if "workdir" in inspect.signature(experiment.measure).parameters:
+        # The sub-units a killed seed left behind are reused only under the same key: a
+        # changed config or measure.py starts from an empty folder.
+        stamp = workdir / "key.json"
+        if workdir.exists() and (not stamp.exists()
+                                 or json.loads(stamp.read_text(encoding="utf-8")) != key):
+            shutil.rmtree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        _atomic_json(stamp, key)
         kwargs["workdir"] = workdir
     with torch_threads(getattr(config, "threads", None)):
         return experiment.measure(config, seed, device, **kwargs)
@@ -251,7 +259,7 @@ def run(
             resumed.append(seed)
         else:
             tic = time.perf_counter()
-            raw = _measure_seed(experiment, config, seed, dev, seed_dir / f"seed-{seed}")
+            raw = _measure_seed(experiment, config, seed, dev, seed_dir / f"seed-{seed}", key)
             stored = {"key": key, "seed": seed, "wall_s": time.perf_counter() - tic,
                       "versions": _versions(), "platform": platform.platform(),
                       "records": _plain(raw)}
