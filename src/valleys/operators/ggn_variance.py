@@ -9,24 +9,59 @@ from valleys.objective import Objective
 from valleys.operators.base import LinearOperator
 from valleys.operators.curvature import CurvatureOperator, vjp_rows
 from valleys.operators.ggn import GGNOperator, output_hessian_product
+from valleys.operators.hessian_variance import (
+    CHECK_SAMPLES,
+    first_agreeing,
+    first_samples,
+    warn_rejected,
+)
 
 __all__ = ["GGNVarianceOperator", "ggn_variance"]
 
 # Per-sample Jacobians materialize a (samples × outputs × p) block; keep it near this size.
 _BLOCK_ELEMENTS = 2**24
+# Per-sample Jacobian algorithms in the order tried; the last is plain autograd, row by row.
+JACOBIAN_ALGORITHMS = ("vmap", "backward")
 
 
-def sample_output_grams(objective: Objective, theta: torch.Tensor, X: torch.Tensor):
-    """``J_i J_iᵀ`` for every sample of ``X``: shape ``(b, K, K)``, ``K`` the flat output size.
-
-    Per-sample Jacobians by ``vmap(jacrev)``, in blocks of samples so that at most
-    ``_BLOCK_ELEMENTS`` Jacobian entries exist at once.
-    """
-
+def _single_output(objective: Objective):
     def single(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return objective.forward(t, x.unsqueeze(0))[0].reshape(-1)
 
-    jac = vmap(jacrev(single), in_dims=(None, 0))
+    return single
+
+
+def _jacobians_by_rows(objective: Objective, theta: torch.Tensor, X: torch.Tensor):
+    """``J_i`` of each sample by one backward pass per output (never under ``vmap``)."""
+    single = _single_output(objective)
+    out = []
+    for x in X:
+        leaf = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = single(leaf, x)
+            rows = [
+                torch.autograd.grad(f[k], leaf, retain_graph=True, allow_unused=True,
+                                    materialize_grads=True)[0]
+                for k in range(f.numel())
+            ]
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+def sample_output_grams(
+    objective: Objective, theta: torch.Tensor, X: torch.Tensor, *, algorithm: str = "vmap"
+):
+    """``J_i J_iᵀ`` for every sample of ``X``: shape ``(b, K, K)``, ``K`` the flat output size.
+
+    Per-sample Jacobians by ``vmap(jacrev)`` (``algorithm="vmap"``) or by one backward pass
+    per output and sample (``"backward"``), in blocks of samples so that at most
+    ``_BLOCK_ELEMENTS`` Jacobian entries exist at once.
+    """
+    if algorithm == "backward":
+        def jac(t: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+            return _jacobians_by_rows(objective, t, X)
+    else:
+        jac = vmap(jacrev(_single_output(objective)), in_dims=(None, 0))
     theta = theta.detach()
     K = objective.forward(theta, X[:1]).numel()
     step = max(1, _BLOCK_ELEMENTS // (K * objective.dim))
@@ -35,6 +70,42 @@ def sample_output_grams(objective: Objective, theta: torch.Tensor, X: torch.Tens
         J = jac(theta, X[start : start + step])  # (s, K, p)
         grams.append(J @ J.transpose(1, 2))
     return torch.cat(grams)
+
+
+def choose_jacobian_algorithm(objective: Objective, theta: torch.Tensor) -> str:
+    """``"vmap"`` if ``vmap(jacrev)`` agrees with plain autograd on a few samples.
+
+    The check compares ``J_iᵀ c_i`` for fixed random output cotangents ``c_i`` with one
+    backward pass per sample. First-order Jacobians were right on every model tested, LayerNorm
+    included, but a batching rule is not autograd; a mismatch, or a model ``vmap`` cannot
+    trace, falls back to ``"backward"`` with a warning.
+    """
+    X, _ = first_samples(objective, CHECK_SAMPLES)
+    theta = theta.detach()
+    single = _single_output(objective)
+    samples = 0 if X is None else X.shape[0]  # an empty shard still joins the vote
+    reference = C = None
+    if samples:
+        K = objective.forward(theta, X[:1]).numel()
+        gen = torch.Generator().manual_seed(15)
+        C = torch.randn(samples, K, generator=gen, dtype=torch.float64).to(theta)
+        rows = []
+        for x, c in zip(X, C, strict=True):
+            leaf = theta.detach().requires_grad_(True)
+            with torch.enable_grad():
+                rows.append(torch.autograd.grad(single(leaf, x), leaf, c, allow_unused=True,
+                                                materialize_grads=True)[0])
+        reference = torch.stack(rows)
+
+    def vectorized() -> torch.Tensor:
+        J = vmap(jacrev(single), in_dims=(None, 0))(theta, X)
+        return torch.einsum("sk,skp->sp", C, J)
+
+    chosen, rejected = first_agreeing(objective, [("vmap", vectorized)], reference, samples)
+    chosen = chosen or JACOBIAN_ALGORITHMS[-1]
+    if rejected:
+        warn_rejected("ggn_variance: per-sample Jacobians", rejected, chosen, objective.model)
+    return chosen
 
 
 class _GGNSecondMoment(CurvatureOperator):
@@ -47,6 +118,7 @@ class _GGNSecondMoment(CurvatureOperator):
     def __init__(self, objective: Objective, theta, *, cache) -> None:
         super().__init__(objective, theta, cache=cache)
         self._grams: list[torch.Tensor] = []
+        self.jacobian_algorithm: str | None = None  # chosen by a check at the first product
 
     def _graph(self, X, Y):
         leaf = self._leaf()
@@ -59,10 +131,14 @@ class _GGNSecondMoment(CurvatureOperator):
         if self.cache and self._cached is not None:
             yield from self._cached
             return
+        if self.jacobian_algorithm is None:  # before the loop: every rank votes, even empty ones
+            self.jacobian_algorithm = choose_jacobian_algorithm(self.objective, self.theta)
         states = []
         for index, (X, Y) in enumerate(self.objective.chunks()):
             if index == len(self._grams):
-                self._grams.append(sample_output_grams(self.objective, self.theta, X))
+                self._grams.append(sample_output_grams(
+                    self.objective, self.theta, X, algorithm=self.jacobian_algorithm
+                ))
             state = (*self._graph(X, Y), self._grams[index])
             if self.cache:
                 states.append(state)
@@ -98,7 +174,10 @@ class GGNVarianceOperator(LinearOperator):
 
     A product is ``Σ_G v = (1/n) Σ_i J_iᵀΛ_i D_i Λ_i J_i v − G(Gv)`` with the ``K × K`` blocks
     ``D_i = J_iJ_iᵀ`` computed once (``vmap`` of per-sample Jacobians, in blocks): one Jacobian
-    product ``Jv`` and one transposed product per chunk, plus two GGN products.
+    product ``Jv`` and one transposed product per chunk, plus two GGN products. The ``vmap``
+    Jacobians are first checked on a few samples against plain backward passes; on a mismatch,
+    or a model ``vmap`` cannot trace, they come from one backward pass per output and sample,
+    with a ``RuntimeWarning`` (attribute ``jacobian_algorithm``).
 
     Args:
         objective: the empirical risk.
@@ -114,6 +193,11 @@ class GGNVarianceOperator(LinearOperator):
         self.objective = objective
         self.theta = self.ggn.theta
         self._second = _GGNSecondMoment(objective, self.theta, cache=cache)
+
+    @property
+    def jacobian_algorithm(self) -> str | None:
+        """``"vmap"`` or ``"backward"`` (per-sample Jacobians); ``None`` before a product."""
+        return self._second.jacobian_algorithm
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._second.matmat(V) - self.ggn.matmat(self.ggn.matmat(V))

@@ -35,13 +35,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import hessian as dense_hessian
-from torch.func import vmap
+from torch.func import grad, jacfwd, jacrev, vmap
 
 from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import LambdaOperator
+from valleys.operators.hessian_variance import (
+    CHECK_SAMPLES,
+    first_agreeing,
+    first_samples,
+    hessian_vector_product,
+    probe_vectors,
+    sample_gradient_graph,
+    warn_rejected,
+)
 from valleys.stability._common import (
     check_batch_size,
     check_lr,
@@ -60,6 +68,10 @@ __all__ = [
 MAX_DIM = 200
 # Up to this p the p² × p² matrix of T is formed and diagonalized densely.
 _DENSE_DIM = 32
+# Dense per-sample Hessian algorithms in the order tried; the last is the reference itself.
+HESSIAN_ALGORITHMS = ("forward-over-reverse", "reverse-over-reverse", "double-backward")
+# Samples per vectorized block: keeps the (block, p, p) output near this many elements.
+_BLOCK_ELEMENTS = 2**24
 
 
 def _check_dim(p: int, max_dim: int) -> None:
@@ -77,7 +89,15 @@ def per_sample_hessians(
 ) -> torch.Tensor:
     """Dense per-sample Hessians ``H_i = ∇²ℓ_i(θ)``, shape ``(n, p, p)``, for small ``p``.
 
-    ``torch.func.hessian`` of :meth:`Objective.sample_loss`, vmapped over each chunk's samples.
+    Vectorized over the samples of a block with ``vmap``, by the first of
+    ``HESSIAN_ALGORITHMS`` that agrees with double backward on the first ``CHECK_SAMPLES``
+    samples (``H_i w`` and ``H_iᵀ w`` for two fixed random ``w``, relative mismatch at most
+    ``sqrt(eps)``): ``jacfwd`` of ``grad`` (forward over reverse), ``jacrev`` of ``grad``, and
+    last plain double backward row by row, one sample at a time (``p`` backward passes per
+    sample). ``torch.func.hessian`` (``jacfwd∘jacrev``) is not used: on torch 2.13 it is wrong
+    for ``nn.LayerNorm`` models, since the inner ``jacrev`` runs functorch's batching rule of the
+    layer-norm backward, which treats the saved statistics as constants, and the outer ``jacfwd``
+    differentiates it. A rejected algorithm triggers a ``RuntimeWarning`` naming the cause.
 
     Raises:
         ValueError: if ``p > max_dim`` (default 200).
@@ -87,8 +107,65 @@ def per_sample_hessians(
     obj.require_single_process("per_sample_hessians")
     _check_dim(obj.dim, max_dim)
     theta = obj.resolve_theta(theta).detach()
-    per_sample = vmap(dense_hessian(obj.sample_loss), in_dims=(None, 0, 0))
-    return torch.cat([per_sample(theta, X, Y) for X, Y in obj.chunks()])
+    algorithm = _choose_hessian_algorithm(obj, theta)
+    if algorithm == "double-backward":
+        return torch.cat([_hessians_by_rows(obj, theta, X, Y) for X, Y in obj.chunks()])
+    per_sample = _vectorized_hessians(obj)[algorithm]
+    step = max(1, _BLOCK_ELEMENTS // obj.dim**2)
+    return torch.cat([
+        per_sample(theta, X[start : start + step], Y[start : start + step])
+        for X, Y in obj.chunks()
+        for start in range(0, X.shape[0], step)
+    ])
+
+
+def _vectorized_hessians(obj: Objective) -> dict[str, Callable]:
+    gradient = grad(obj.sample_loss)
+    return {
+        "forward-over-reverse": vmap(jacfwd(gradient), in_dims=(None, 0, 0)),
+        "reverse-over-reverse": vmap(jacrev(gradient), in_dims=(None, 0, 0)),
+    }
+
+
+def _hessians_by_rows(obj: Objective, theta: torch.Tensor, X, Y) -> torch.Tensor:
+    """``H_i`` row by row by double backward (``H_i e_j``), one sample at a time."""
+    eye = torch.eye(obj.dim, dtype=theta.dtype, device=theta.device)
+    out = []
+    for x, y in zip(X, Y, strict=True):
+        leaf, g = sample_gradient_graph(obj, theta, x, y)
+        out.append(torch.stack([hessian_vector_product(leaf, g, e) for e in eye]))
+    return torch.stack(out) if out else theta.new_zeros(0, obj.dim, obj.dim)
+
+
+def _choose_hessian_algorithm(obj: Objective, theta: torch.Tensor) -> str:
+    """The first of ``HESSIAN_ALGORITHMS`` that agrees with double backward on a few samples."""
+    X, Y = first_samples(obj, CHECK_SAMPLES)
+    if X is None:
+        return HESSIAN_ALGORITHMS[0]
+    W = probe_vectors(obj, 2)
+    rows = []
+    for x, y in zip(X, Y, strict=True):
+        leaf, g = sample_gradient_graph(obj, theta, x, y)
+        rows.append(torch.stack([hessian_vector_product(leaf, g, w) for w in W]))
+    reference = torch.stack(rows)  # (samples, 2, p): H_i w, which also equals H_iᵀ w
+
+    def candidate(name: str):
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            Hs = _vectorized_hessians(obj)[name](theta, X, Y)
+            return Hs @ W.T, Hs.transpose(1, 2) @ W.T
+
+        return run
+
+    names = HESSIAN_ALGORITHMS[:-1]
+    target = reference.transpose(1, 2)  # (samples, p, 2)
+    chosen, rejected = first_agreeing(
+        obj, [(name, candidate(name)) for name in names], (target, target), X.shape[0]
+    )
+    chosen = chosen or HESSIAN_ALGORITHMS[-1]
+    if rejected:
+        warn_rejected("per_sample_hessians: vectorized dense Hessians", rejected, chosen,
+                      obj.model)
+    return chosen
 
 
 def _check_hessians(hessians: object, max_dim: int) -> torch.Tensor:
