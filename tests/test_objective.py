@@ -167,3 +167,173 @@ def test_hidden_randomness_and_batch_dependence_are_refused():
         assert Objective(model, "mse", (X, Y), allow_train_mode=True).n == 20  # the opt-out
     running = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).eval()
     assert Objective(running, "mse", (X, Y), chunk_size=3).n == 20
+
+
+# --- data that changes between passes (issue #15) ----------------------------------------------
+
+
+def _loader_data(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    Y = torch.randint(0, 3, (n,), generator=g)
+    return X, Y
+
+
+class _ReshufflingSampler(torch.utils.data.Sampler):
+    """A sampler the type checks cannot recognize: a new (seeded) permutation every pass."""
+
+    def __init__(self, n):
+        self.n, self.generator = n, torch.Generator().manual_seed(0)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Random augmentation: every read of a sample adds fresh noise."""
+
+    def __init__(self, X, Y):
+        self.X, self.Y = X, Y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i] + 0.01 * torch.randn(self.X.shape[1], dtype=self.X.dtype), self.Y[i]
+
+
+class _Passes:
+    """A re-iterable whose batches on the second and later passes are ``later(batches)``."""
+
+    def __init__(self, batches, later):
+        self.batches, self.later, self.passes = batches, later, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches if self.passes == 1 else self.later(self.batches))
+
+
+def test_a_shuffling_loader_is_caught_at_construction_or_on_the_second_pass():
+    X, Y = _loader_data()
+    model = make_model("mlp-tanh")
+    dataset = torch.utils.data.TensorDataset(X, Y)
+    # Random samplers that the DataLoader shows are refused before any pass.
+    for loader in (
+        torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True),
+        torch.utils.data.DataLoader(dataset, batch_sampler=torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(dataset), batch_size=4, drop_last=False)),
+        torch.utils.data.DataLoader(dataset, batch_size=4,
+                                    sampler=torch.utils.data.SubsetRandomSampler(range(12))),
+    ):
+        with pytest.raises(ValueError, match=r"draws its samples at random.*shuffle=False"):
+            Objective(model, "ce", loader)
+    # Randomness the types hide is caught by the checksums of the second pass.
+    hidden = (
+        torch.utils.data.DataLoader(dataset, batch_size=4, sampler=_ReshufflingSampler(12)),
+        torch.utils.data.DataLoader(_Augmented(X, Y), batch_size=4),
+    )
+    for loader in hidden:
+        for chunk_size in (None, 3):
+            obj = Objective(model, "ce", loader, chunk_size=chunk_size)  # the first pass
+            with pytest.raises(ValueError, match=r"data changed between passes: batch 0 holds "
+                                                 r"other values.*shuffle=False.*list\(loader\)"):
+                obj.loss()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_a_pass_with_fewer_more_or_other_sized_batches_is_caught(chunk_size):
+    X, Y = _loader_data()
+    model = make_model("mlp-tanh")
+    batches = [(X[:4], Y[:4]), (X[4:8], Y[4:8]), (X[8:], Y[8:])]
+    cases = {
+        r"batch 2 is missing: the pass ended after 2 batches, the first had 3":
+            lambda b: b[:-1],
+        r"batch 3 is one more than the 3 batches of the first pass": lambda b: [*b, b[0]],
+        r"batch 1 has 3 samples \(inputs\) and 3 \(targets\), the first pass had 4":
+            lambda b: [b[0], (X[4:7], Y[4:7]), (X[7:], Y[7:])],
+    }
+    for message, later in cases.items():
+        obj = Objective(model, "ce", _Passes(batches, later), chunk_size=chunk_size)
+        with pytest.raises(ValueError, match=message):
+            obj.loss()
+        with pytest.raises(ValueError, match=message):
+            obj.gradient()  # every later pass is checked, not just the second
+
+
+def test_a_generator_backed_iterable_is_caught_on_its_empty_second_pass():
+    X, Y = _loader_data()
+    model = make_model("mlp-tanh")
+
+    class Once:  # re-iterable in form, but all its iterators share one generator
+        def __init__(self):
+            self.batches = ((X[i : i + 4], Y[i : i + 4]) for i in range(0, 12, 4))
+
+        def __iter__(self):
+            return self.batches
+
+    obj = Objective(model, "ce", Once())
+    # Unchecked, the second pass would see no data at all and report a loss of 0.
+    with pytest.raises(ValueError, match="batch 0 is missing: the pass ended after 0 batches"):
+        obj.loss()
+
+
+def test_a_generator_is_refused_when_built():
+    X, Y = _loader_data()
+    model = make_model("mlp-tanh")
+    for one_shot in (((X, Y) for _ in range(2)), iter([(X, Y)]), zip([X], [Y], strict=True)):
+        with pytest.raises(TypeError, match=r"one-shot iterator.*list of batches"):
+            Objective(model, "ce", one_shot)
+
+
+_FLIP = torch.arange(5, -1, -1)
+LATER_PASSES = {
+    # Same pairs, other order within a batch: the loss is unchanged, but per-sample losses
+    # and gradients would come out permuted.
+    "reordered": lambda b: [b[0], (b[1][0][_FLIP], b[1][1][_FLIP])],
+    "targets-repaired": lambda b: [b[0], (b[1][0], b[1][1][_FLIP])],  # other (x, y) pairs
+    "value-edited": lambda b: [(b[0][0] + 1e-6 * torch.eye(6, 5, dtype=torch.float64), b[0][1]),
+                               b[1]],
+}
+
+
+@pytest.mark.parametrize("change", LATER_PASSES)
+def test_reordered_repaired_or_edited_samples_are_caught(change):
+    """Changes that keep every batch's size, or even its set of samples, still change results."""
+    X, Y = _loader_data()
+    model = make_model("mlp-tanh")
+    batches = [(X[:6], Y[:6]), (X[6:], Y[6:])]
+    obj = Objective(model, "ce", _Passes(batches, LATER_PASSES[change]), chunk_size=4)
+    with pytest.raises(ValueError, match=r"batch \d holds other values"):
+        obj.per_sample_losses()
+
+
+def test_batches_edited_in_place_are_caught():
+    X, Y = _loader_data()
+    model = make_model("mlp-tanh")
+    batches = [(X[:6].clone(), Y[:6].clone()), (X[6:].clone(), Y[6:].clone())]
+    obj = Objective(model, "ce", batches)
+    batches[1][0][2, 3] += 1.0
+    with pytest.raises(ValueError, match="batch 1 holds other values"):
+        obj.loss()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3, 5])
+def test_a_stable_loader_gives_the_numbers_of_the_tensor_pair(chunk_size):
+    """No false alarm: a DataLoader without shuffling passes every check, pass after pass."""
+    X, Y = _loader_data(n=13)
+    model = make_model("mlp-tanh")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=4)
+    tensors = Objective(model, "ce", (X, Y))
+    obj = Objective(model, "ce", loader, chunk_size=chunk_size)
+    next(iter(obj.chunks()))  # a pass stopped early is not checked (nor counted)
+    for _ in range(3):
+        assert torch.allclose(obj.loss(), tensors.loss(), rtol=1e-13, atol=0)
+        assert torch.allclose(obj.gradient(), tensors.gradient(), rtol=1e-12, atol=1e-15)
+    v = torch.linspace(-1, 1, obj.dim, dtype=torch.float64)
+    H, H_ref = valleys.hessian(obj), valleys.hessian(tensors)
+    for _ in range(2):
+        assert torch.allclose(H.matvec(v), H_ref.matvec(v), rtol=1e-11, atol=1e-14)
+    assert torch.allclose(obj.per_sample_losses(), tensors.per_sample_losses(), rtol=1e-13)

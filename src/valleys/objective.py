@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -55,7 +56,10 @@ class Objective:
         loss: ``"mse"``, ``"ce"`` or a callable ``(outputs, targets) -> per-sample losses``.
         data: a pair of tensors ``(X, Y)`` or a re-iterable of ``(X, Y)`` batches (a list, a
             ``DataLoader`` without shuffling). Batches may differ in size; every sample gets
-            weight ``1/n``.
+            weight ``1/n``. Every pass over an iterable must yield the same batches in the same
+            order: a random sampler is refused when the objective is built, a one-shot
+            iterator (a generator) too, and any later pass whose batch count, sizes or
+            checksums differ from the first raises a ``ValueError`` naming the batch.
         chunk_size: largest number of samples evaluated at once (``None``: a tensor pair is one
             chunk, an iterable's batches are used as they come). Chunking trades speed for memory.
         params: names (or ``fnmatch`` patterns such as ``"layers.0.*"``) of the parameters that
@@ -123,8 +127,12 @@ class Objective:
     def _build(self, model, loss, data, chunk_size, params, allow_train_mode) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+        if chunk_size is not None and (
+            not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool)
+            or chunk_size <= 0
+        ):
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        chunk_size = None if chunk_size is None else int(chunk_size)
         if not allow_train_mode:
             _refuse_train_mode(model)
         self.model = model
@@ -301,15 +309,50 @@ class Objective:
 
     # -- data -------------------------------------------------------------------------------
     def chunks(self) -> Iterator[Batch]:
-        """Yield ``(X, Y)`` chunks on the parameters' device, covering the data once."""
-        batches = [self._tensors] if self._tensors is not None else self._batches
-        for X, Y in batches:
+        """Yield ``(X, Y)`` chunks on the parameters' device, covering the data once.
+
+        For an iterable of batches, every pass is checked against the first (the one made when
+        the objective was built): batch count and sizes as each batch arrives, and a checksum
+        of every batch once the pass is complete, so data that changes between passes (a
+        shuffling sampler, random augmentation, a one-shot source) raises a ``ValueError``
+        instead of silently giving a wrong loss. A pass stopped early is not checked.
+        """
+        if self._tensors is not None:  # a pair of tensors cannot reorder itself: no checks
+            X, Y = self._tensors
             step = self.chunk_size or X.shape[0]
             for start in range(0, X.shape[0], step):
                 yield (
                     X[start : start + step].to(self.device, non_blocking=True),
                     Y[start : start + step].to(self.device, non_blocking=True),
                 )
+            return
+        sizes, reference = self._batch_sizes, self._fingerprint
+        # Checksums accumulate on the device; they are compared once, at the end of the pass
+        # (one synchronization per pass, not one per batch).
+        seen = torch.zeros_like(reference[:, 0])
+        count = 0
+        for index, (X, Y) in enumerate(self._batches):
+            if index >= len(sizes):
+                raise _data_changed(index, f"is one more than the {len(sizes)} batches of the "
+                                           "first pass")
+            if X.shape[0] != sizes[index] or Y.shape[0] != sizes[index]:
+                raise _data_changed(index, f"has {X.shape[0]} samples (inputs) and "
+                                           f"{Y.shape[0]} (targets), the first pass had "
+                                           f"{sizes[index]}")
+            step = self.chunk_size or X.shape[0]
+            for start in range(0, X.shape[0], step):
+                Xc = X[start : start + step].to(self.device, non_blocking=True)
+                Yc = Y[start : start + step].to(self.device, non_blocking=True)
+                seen[index] += _checksum(Xc, Yc, start)
+                yield Xc, Yc
+            count = index + 1
+        if count < len(sizes):
+            raise _data_changed(count, f"is missing: the pass ended after {count} batches, the "
+                                       f"first had {len(sizes)}")
+        changed = _first_mismatch(seen, reference)
+        if changed is not None:
+            raise _data_changed(changed, "holds other values than on the first pass (its "
+                                         "checksums of inputs and targets differ)")
 
     def batch(self, indices: torch.Tensor) -> Batch:
         """The samples ``indices`` as ``(X, Y)`` on the parameters' device (tensor data only)."""
@@ -325,7 +368,7 @@ class Objective:
                 "was built from an iterable of batches"
             )
         X, Y = self._tensors
-        indices = indices.to(X.device)
+        indices = _check_indices(indices, self.n).to(X.device)
         return X[indices].to(self.device), Y[indices].to(self.device)
 
     def batch_loss_and_gradient(
@@ -344,10 +387,8 @@ class Objective:
                 "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
                 "was built from an iterable of batches"
             )
-        indices = torch.as_tensor(indices)
+        indices = _check_indices(indices, self.n)
         count = indices.numel()
-        if count == 0:
-            raise ValueError("a mini-batch needs at least one index")
         X, Y = self._tensors
         if self.distributed:
             local = indices - self.shard_start
@@ -375,16 +416,35 @@ class Objective:
         self._num_chunks = 0
         batches = [self._tensors] if self._tensors is not None else self._batches
         classes = None
+        # The first pass's batch sizes and checksums, against which chunks() checks every
+        # later pass of an iterable (computed on the batches' own device: no transfer here).
+        sizes: list[int] = []
+        checksums: list[torch.Tensor] = []
         for index, (X, Y) in enumerate(batches):
             _check_batch(X, Y, self.dtype)
             if X.shape[0] == 0 and self._tensors is None:
                 raise ValueError(f"batch {index} of the data is empty; drop empty batches (e.g. "
                                  "a DataLoader with drop_last=True, or filter them out)")
             self._num_chunks += -(-X.shape[0] // (self.chunk_size or max(X.shape[0], 1)))
+            if self._tensors is None:
+                step = self.chunk_size or X.shape[0]
+                sizes.append(X.shape[0])
+                total = torch.zeros(2, _CHECKSUM_TERMS, dtype=torch.float64)
+                for start in range(0, X.shape[0], step):  # chunked as chunks() will be
+                    total += _checksum(X[start : start + step], Y[start : start + step],
+                                       start, scale=True).cpu()
+                checksums.append(total)
             if first and X.shape[0] > 0:
                 # Run two samples through the model once so shape errors surface here.
                 with torch.no_grad():
-                    out = self.forward(self.parameters_vector(), X[:2].to(self.device))
+                    try:
+                        out = self.forward(self.parameters_vector(), X[:2].to(self.device))
+                    except RuntimeError as error:  # shapes or dtypes the model cannot take
+                        kind = TypeError if not X.is_floating_point() else ValueError
+                        raise kind(
+                            f"the model cannot evaluate the inputs of shape {tuple(X.shape)} and "
+                            f"dtype {X.dtype} (batch {index}): {error}"
+                        ) from error
                 check_targets(self.loss_name, out, Y[:2].to(self.device))
                 if not self.allow_train_mode:
                     self._check_deterministic(X[:_PROBE_SAMPLES].to(self.device))
@@ -409,6 +469,12 @@ class Objective:
             n += X.shape[0]
         if n == 0 and not self.distributed:  # a sharded objective checks all shards at once
             raise ValueError("the data set is empty; an objective needs at least one sample")
+        self._batch_sizes = tuple(sizes)
+        self._fingerprint = (
+            torch.stack(checksums).to(self.device)
+            if checksums
+            else torch.zeros(0, 2, _CHECKSUM_TERMS, dtype=torch.float64, device=self.device)
+        )
         return n
 
     def _check_deterministic(self, X: torch.Tensor) -> None:
@@ -552,6 +618,24 @@ class Objective:
         )
 
 
+def _check_indices(indices: object, n: int) -> torch.Tensor:
+    """Mini-batch indices: a non-empty 1-D integer tensor (or sequence) with values in [0, n)."""
+    try:
+        idx = torch.as_tensor(indices)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"indices must be a 1-D integer tensor, got {indices!r}") from error
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"indices must be integers (a long tensor), got dtype {idx.dtype}")
+    if idx.ndim != 1 or idx.numel() == 0:
+        raise ValueError(f"indices must be a non-empty 1-D tensor (a mini-batch needs at least one "
+                         f"index), got shape {tuple(idx.shape)}")
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= n:
+        raise ValueError(f"indices must lie in [0, {n}) (the number of samples), got values in "
+                         f"[{low}, {high}]; negative indices are not wrapped")
+    return idx.long()
+
+
 def _refuse_train_mode(model: nn.Module) -> None:
     offenders = [
         name or type(model).__name__
@@ -603,6 +687,11 @@ def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
         return (data[0], data[1]), None
     if isinstance(data, torch.Tensor):
         raise TypeError("data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches")
+    if isinstance(data, tuple | list) and len(data) == 2 and all(
+        type(t).__module__ == "numpy" for t in data
+    ):
+        raise TypeError("data is a pair of NumPy arrays; convert them first, e.g. "
+                        "(torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y))")
     if isinstance(data, Iterator):
         raise TypeError(
             "data is a one-shot iterator (e.g. a generator); curvature solvers pass over the data "
@@ -614,10 +703,16 @@ def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
             f"{type(data).__name__}"
         )
     sampler = getattr(data, "sampler", None)
-    if isinstance(sampler, torch.utils.data.RandomSampler):
+    # A batch_sampler= given to a DataLoader hides its own sampler behind a sequential one.
+    inner = getattr(getattr(data, "batch_sampler", None), "sampler", None)
+    random_samplers = (torch.utils.data.RandomSampler, torch.utils.data.SubsetRandomSampler,
+                       torch.utils.data.WeightedRandomSampler)
+    if isinstance(sampler, random_samplers) or isinstance(inner, random_samplers):
+        kind = type(sampler if isinstance(sampler, random_samplers) else inner).__name__
         raise ValueError(
-            "the DataLoader shuffles (shuffle=True); the objective must see the same data on "
-            "every pass, so build it with shuffle=False"
+            f"the DataLoader draws its samples at random ({kind}, e.g. shuffle=True); the "
+            "objective must see the same data on every pass, so build it with shuffle=False "
+            "and a sequential sampler, or pass the data as tensors (X, Y)"
         )
     if getattr(data, "drop_last", False):
         raise ValueError("the DataLoader has drop_last=True, which silently drops samples")
@@ -631,6 +726,53 @@ def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
             "(valleys.distributed.shard(X, Y) or a torch.utils.data.Subset)"
         )
     return None, _BatchIterable(data)
+
+
+# Per batch, these sums (float64) fingerprint the first pass: Σ rows of X, Σ rows of Y,
+# Σ rowX·rowY (the pairing of inputs with targets) and Σ position·rowX (the order of samples
+# within the batch, which per-sample quantities depend on). Positions count from the batch's
+# start, so the fingerprint does not depend on chunk_size. The first pass also keeps the sums
+# of absolute values, the scale of what rounding may change. Reading a chunk once more costs
+# far less than the forward pass it is fed to.
+_CHECKSUM_TERMS = 4
+_CHECKSUM_RTOL = 1e-9
+
+
+def _row_sums(t: torch.Tensor) -> torch.Tensor:
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.reshape(t.shape[0], -1).sum(1, dtype=torch.float64)
+
+
+def _checksum(X: torch.Tensor, Y: torch.Tensor, start: int, scale: bool = False) -> torch.Tensor:
+    """The checksum terms of one chunk, ``(_CHECKSUM_TERMS,)``; with ``scale`` also their sums
+    of absolute values, ``(2, _CHECKSUM_TERMS)``."""
+    rx, ry = _row_sums(X), _row_sums(Y)
+    position = torch.arange(start + 1, start + 1 + X.shape[0], dtype=torch.float64,
+                            device=rx.device)
+    terms = torch.stack([rx, ry, rx * ry, position * rx])
+    return torch.stack([terms.sum(1), terms.abs().sum(1)]) if scale else terms.sum(1)
+
+
+def _first_mismatch(seen: torch.Tensor, reference: torch.Tensor) -> int | None:
+    """Index of the first batch whose checksums differ beyond rounding (NaN differs too)."""
+    if not reference.numel():
+        return None
+    tolerance = _CHECKSUM_RTOL * reference[:, 1]
+    agree = ((seen - reference[:, 0]).abs() <= tolerance).all(dim=1)
+    bad = torch.nonzero(~agree).flatten()
+    return int(bad[0]) if bad.numel() else None
+
+
+def _data_changed(index: int, what: str) -> ValueError:
+    return ValueError(
+        f"the data changed between passes: batch {index} {what}. The objective passes over "
+        "the data many times (every loss, gradient and curvature product) and each pass must "
+        "yield the same batches in the same order, or results are silently wrong. Turn off "
+        "shuffling and random augmentation (DataLoader(shuffle=False), no random sampler or "
+        "transforms), pass the data as tensors (X, Y), or materialize the batches once: "
+        "data = list(loader)"
+    )
 
 
 class _BatchIterable:

@@ -18,6 +18,7 @@ that includes the recipe, so a changed recipe never reuses a stale file.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from valleys import data as datasets
-from valleys._checks import writable_folder
+from valleys._checks import available_device, writable_folder
 from valleys.losses import resolve_loss
 from valleys.models import MLP
 from valleys.objective import Objective
@@ -155,8 +156,14 @@ def load_problem(
             CPU, so checkpoints are the same everywhere).
         cache_dir: checkpoint folder (default ``$VALLEYS_CACHE_DIR`` or ``~/.cache/valleys``).
     """
-    if name not in PROBLEMS:
+    if not isinstance(name, str) or name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; choose one of {sorted(PROBLEMS)}")
+    # Checked before any training: a bad device or dtype should cost nothing.
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got "
+                        f"{dtype!r}")
+    if device is not None:
+        available_device(device)
     spec = PROBLEMS[name]
     if num_samples is not None and spec.dataset is not datasets.load_mnist1d:
         raise ValueError(f"num_samples applies to MNIST-1D problems only, not {name!r}")
@@ -228,8 +235,8 @@ def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
 
 
 def _load_verified(path: Path) -> dict | None:
@@ -241,11 +248,13 @@ def _load_verified(path: Path) -> dict | None:
     reason = None
     if not digest.exists():
         reason = "it has no content hash beside it (an interrupted write, or an old cache)"
-    elif digest.read_text(encoding="utf-8").strip() != _file_digest(path):
+    # One read: the bytes loaded are the bytes verified, even if another process replaces the
+    # file in between.
+    elif digest.read_text(encoding="utf-8").strip() != _digest(content := path.read_bytes()):
         reason = "its content does not match the hash stored beside it (changed or truncated)"
     else:
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
             if not {"state_dict", "history"} <= set(saved):
                 raise KeyError("state_dict/history")
             return saved
@@ -260,10 +269,18 @@ def _save_atomically(path: Path, payload: dict) -> None:
     """Write the checkpoint, then its content hash (a kill in between leaves a checkpoint
     without a hash, which is retrained rather than trusted)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    content = buffer.getvalue()  # hashed as written, not read back (another writer may race)
+    _write_atomically(path, content)
+    _write_atomically(_digest_path(path), (_digest(content) + "\n").encode())
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """A temporary file in the same folder, flushed to disk, then renamed over ``path``: a
+    reader sees the old file or the whole new one, after a kill or a power cut alike."""
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save(payload, handle)
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(handle.name, path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
-                                     encoding="utf-8") as handle:
-        handle.write(_file_digest(path) + "\n")
-    os.replace(handle.name, _digest_path(path))

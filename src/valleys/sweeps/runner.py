@@ -8,7 +8,8 @@ Lifecycle of a run: the parent marks it ``"running"`` (one more attempt) just be
 to a worker, and records ``"done"``, ``"diverged"`` or ``"failed"`` in one transaction when the
 result comes back. At most ``max_workers`` runs are handed out at a time, so ``"running"`` rows
 are the runs really in flight. If the sweep is killed, they stay ``"running"`` and the next call
-runs them again; finished runs are never repeated.
+runs them again; finished runs are never repeated. On Ctrl-C (or any error in the loop) the
+workers are stopped at once, not waited for, and their runs likewise stay ``"running"``.
 """
 
 from __future__ import annotations
@@ -117,8 +118,12 @@ def run_sweep(
                 pool = _make_pool(executor, fn, max_workers, len(pending), ray_address)
                 try:
                     _drive(pool, pending, store, name, bar)
-                finally:
-                    pool.close()
+                except BaseException:
+                    # Ctrl-C or an error: stop the runs in flight rather than wait for them
+                    # (maybe hours); they stay "running" and the next call reruns them.
+                    pool.close(abort=True)
+                    raise
+                pool.close()
     by_id = {rec["run_id"]: rec for rec in store.records(name)}
     return records_to_dataframe([by_id[rid] for rid in runs])
 
@@ -140,6 +145,9 @@ def _check_inputs(
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
         raise ValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
     runs: dict[str, dict[str, Any]] = {}
+    if isinstance(configs, Mapping) or not isinstance(configs, Iterable):
+        raise TypeError(f"configs must be an iterable of dicts (e.g. valleys.sweeps.grid(...)), "
+                        f"got {type(configs).__name__}")
     for config in configs:
         canonical_json(config)  # raises a clear TypeError on a non-JSON config
         runs.setdefault(run_id(config, name), dict(config))
@@ -263,7 +271,7 @@ class _Pool(Protocol):
 
     def submit(self, config: dict[str, Any]) -> Future[Outcome]: ...
 
-    def close(self) -> None: ...
+    def close(self, abort: bool = False) -> None: ...
 
 
 class _SerialPool:
@@ -279,7 +287,7 @@ class _SerialPool:
         future.set_result(execute(self.fn, config))
         return future
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass
 
 
@@ -316,8 +324,14 @@ class _ProcessPool:
             self._executor = self._new()
             return self._executor.submit(execute, self.fn, config)
 
-    def close(self) -> None:
-        # On an interrupt, do not wait for queued work; runs cut short stay "running".
+    def close(self, abort: bool = False) -> None:
+        if abort:
+            # A Ctrl-C that reached this process alone (kill -INT, a notebook's interrupt)
+            # leaves the workers running their configs; shutdown would wait for them to finish.
+            # ProcessPoolExecutor has no public way to stop running work, hence _processes.
+            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+                process.kill()
+        # Queued work is never started; runs cut short stay "running".
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -338,7 +352,9 @@ class _RayPool:
     def submit(self, config: dict[str, Any]) -> Future[Outcome]:
         return self._task.remote(self._fn_ref, config).future()
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        # Tasks in flight on a cluster the user started keep running after an abort; their
+        # results are simply not recorded (the runs stay "running").
         if self._owns:
             self._ray.shutdown()
 
