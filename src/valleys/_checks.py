@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["available_device", "positive_real", "writable_folder"]
+__all__ = [
+    "available_device",
+    "finite_real",
+    "integer",
+    "positive_real",
+    "seed_value",
+    "writable_folder",
+]
 
 
 def positive_real(value: object, name: str, *, hint: str = "") -> float:
@@ -25,10 +33,47 @@ def positive_real(value: object, name: str, *, hint: str = "") -> float:
     return float(value)
 
 
+def finite_real(value: object, name: str, *, hint: str = "") -> float:
+    """``value`` as a float if it is a finite real number of any numeric type (Python or numpy);
+    bools, strings, ``None``, NaN and ±inf raise a ``ValueError`` that names the argument.
+    Range checks are left to the caller."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}"
+                         + (f"; {hint}" if hint else ""))
+    return float(value)
+
+
+def integer(value: object, name: str, *, minimum: int | None = None, hint: str = "") -> int:
+    """``value`` as an int if it is an integer of any type (Python or numpy) that is at least
+    ``minimum``; bools, floats (even ``2.0``), strings and ``None`` raise a ``ValueError`` that
+    names the argument."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum)):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}"
+                         + (f"; {hint}" if hint else ""))
+    return int(value)
+
+
+def seed_value(value: object, name: str = "seed") -> int:
+    """A random seed: an integer of any type (Python or numpy), not a bool, that a
+    ``torch.Generator`` takes (``-2**63 <= seed < 2**64``); else ``TypeError`` (the wording of
+    :func:`valleys.eigsh`) or, out of range, ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"{name} must lie in [-2**63, 2**64) (what torch.Generator accepts), "
+                         f"got {value!r}")
+    return int(value)
+
+
 def writable_folder(out: str | Path, what: str = "output folder", *,
                     hint: str = "choose another folder") -> Path:
     """Create ``out`` (and its parents) and make sure files can be written there; a path under
     a file or without write permission raises a ``ValueError`` ending in ``hint``."""
+    if not isinstance(out, str | os.PathLike):
+        raise TypeError(f"{what} must be a path (a str or pathlib.Path), got {out!r}")
     path = Path(out).expanduser()
     for parent in (path, *path.parents):
         if parent.exists() and not parent.is_dir():

@@ -101,16 +101,28 @@ def curvature(
 
     import valleys
     from valleys import distributed as vdist
-    from valleys._checks import available_device, writable_folder
-    from valleys.problems import load_problem
+    from valleys._checks import available_device, positive_real, writable_folder
+    from valleys.problems import PROBLEMS, load_problem
 
+    # Every argument is checked here, before a problem is trained or loaded.
+    if problem not in PROBLEMS:
+        raise ValueError(f"unknown problem {problem!r}; choose one of {sorted(PROBLEMS)} (see "
+                         "`valleys problems`)")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
     if trace_method not in TRACE_METHODS:
         raise ValueError(f"--trace-method must be one of {TRACE_METHODS}, got {trace_method!r}")
-    for name, value in (("--k", k), ("--probes", probes), ("--lanczos-steps", lanczos_steps)):
-        if value <= 0:
+    for name, value in (("--k", k), ("--probes", probes), ("--lanczos-steps", lanczos_steps),
+                        ("--chunk-size", chunk_size), ("--num-samples", num_samples)):
+        if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    positive_real(tol, "--tol", hint="the relative residual tolerance of Lanczos, e.g. 1e-4")
+    least = {"hutch++": 3, "hutchinson": 2}.get(trace_method)
+    if least is not None and trace_matvecs < least:
+        raise ValueError(f"--trace-matvecs must be at least {least} for --trace-method "
+                         f"{trace_method}, got {trace_matvecs}")
+    if seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
     if distributed:
         device = device or str(vdist.init())
     device = device or "cpu"
@@ -260,6 +272,8 @@ def reproduce(
             raise ValueError(
                 f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2"
             ) from None
+        if any(s < 0 for s in seed_list):
+            raise ValueError(f"--seeds {seeds!r}: seeds must be non-negative integers")
     experiment = load_experiment(name)
     # Arguments are checked here, before anything is computed.
     available_device(device)

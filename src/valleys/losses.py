@@ -72,11 +72,23 @@ def check_targets(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> No
             raise ValueError(
                 f"loss 'ce' needs outputs of shape (batch, classes), got {tuple(outputs.shape)}"
             )
+        if outputs.shape[1] < 2:
+            raise ValueError(
+                f"loss 'ce' needs at least 2 outputs (classes), got {outputs.shape[1]}: the "
+                "softmax of one output is 1, so the loss would be 0 whatever the model; for one "
+                "output use loss='mse' or a binary cross-entropy callable"
+            )
         if targets.is_floating_point():
             if targets.shape != outputs.shape:
                 raise ValueError(
                     "loss 'ce' with float targets needs class probabilities of shape "
                     f"{tuple(outputs.shape)}, got {tuple(targets.shape)}"
+                )
+            if targets.numel() and bool((targets < 0).any()):
+                raise ValueError(
+                    "loss 'ce' with float targets needs class probabilities (non-negative, "
+                    f"one row per sample), got a smallest entry of {float(targets.min()):.3g}; "
+                    "for regression targets use loss='mse'"
                 )
         elif targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
             if targets.shape != outputs.shape[:1]:

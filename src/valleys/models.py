@@ -76,6 +76,8 @@ def num_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     Returns:
         The total number of scalar entries over all (distinct) parameters.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

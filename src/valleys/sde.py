@@ -124,13 +124,24 @@ class DoubleWell:
 
 def levy_constant(alpha: float) -> float:
     """``c_α = Γ(1+α) sin(πα/2)/π``: the Lévy measure of ``S_α(1,0,0)`` is ``c_α|y|^{−1−α}dy``."""
+    if (isinstance(alpha, bool) or not isinstance(alpha, numbers.Real)
+            or not 0 < alpha <= 2):
+        raise ValueError(f"the stability index α must lie in (0, 2], got {alpha!r}")
     return math.gamma(1.0 + alpha) * math.sin(math.pi * alpha / 2.0) / math.pi
 
 
 def levy_exit_time(alpha: float, epsilon: float, distances: tuple[float, float]) -> float:
     """Small-noise mean exit time ``1/(ε^α m(W))``, ``m(W) = (c_α/α) Σ d^{−α}`` (α < 2)."""
-    if not 0 < alpha < 2:
-        raise ValueError(f"the Lévy exit-time law needs 0 < α < 2, got {alpha}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 2:
+        raise ValueError(f"the Lévy exit-time law needs 0 < α < 2, got {alpha!r}")
+    if (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)
+            or not (math.isfinite(epsilon) and epsilon > 0)):
+        raise ValueError(f"epsilon (the noise scale) must be a positive finite number, got "
+                         f"{epsilon!r}")
+    if not all(isinstance(d, numbers.Real) and not isinstance(d, bool)
+               and math.isfinite(d) and d > 0 for d in distances):
+        raise ValueError(f"distances must be the positive finite distances from the minimum to "
+                         f"the two ends of the basin, got {distances!r}")
     measure = levy_constant(alpha) / alpha * sum(d ** (-alpha) for d in distances)
     return 1.0 / (epsilon**alpha * measure)
 
@@ -290,6 +301,8 @@ def simulate(
         raise ValueError("theta0 must be a tensor of shape (paths, dim)")
     if not theta0.dtype.is_floating_point:
         raise TypeError(f"theta0 must be floating point, got {theta0.dtype}")
+    if not bool(torch.isfinite(theta0).all()):
+        raise ValueError("theta0 contains NaN or infinite values; start from finite states")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if record_every is not None and (not isinstance(record_every, int) or record_every < 1):

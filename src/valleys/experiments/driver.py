@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,14 @@ _RESERVED = {"name", "title", "paper", "preset", "config", "seeds", "device", "c
 
 
 def _seeds(seeds: Sequence[int] | None, default: Sequence[int]) -> list[int]:
-    chosen = list(default if seeds is None else seeds)
+    bad = TypeError(f"seeds must be a list of non-negative integers such as [0, 1, 2], got "
+                    f"{seeds!r}")
+    if seeds is not None and (isinstance(seeds, str | bytes) or not isinstance(seeds, Iterable)):
+        raise bad
+    try:
+        chosen = list(default if seeds is None else seeds)
+    except TypeError:  # iterable in name only, e.g. a 0-d tensor
+        raise bad from None
     if not chosen:
         raise ValueError("give at least one seed (e.g. --seeds 0,1,2)")
     for seed in chosen:
@@ -215,6 +222,9 @@ def run(
 
     if isinstance(experiment, str):
         experiment = load_experiment(experiment)
+    elif not isinstance(experiment, Experiment):
+        raise TypeError(f"experiment must be a registered name (valleys reproduce --list) or an "
+                        f"Experiment, got {type(experiment).__name__}")
     if isinstance(preset, str):
         if preset not in experiment.presets:
             raise ValueError(f"unknown preset {preset!r}; choose one of "

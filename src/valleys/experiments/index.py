@@ -28,6 +28,9 @@ def write_index(root: str | Path, *, title: str = "Results of the full presets")
     the paper's statement, the criterion, the measured values (mean [min, max] over seeds), the
     verdict and a link to the report. Returns the path written."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{str(root)!r} is a file, not a folder; give the folder that holds "
+                         "the reproductions' output folders (e.g. results)")
     summaries = sorted(root.glob("*/summary.json"))
     if not summaries:
         raise ValueError(f"no */summary.json under {str(root)!r}; run `valleys reproduce NAME "

@@ -44,6 +44,8 @@ def _as_matrix(A, name: str = "A") -> torch.Tensor:
     A = torch.as_tensor(A, dtype=torch.float64) if not isinstance(A, torch.Tensor) else A
     if A.ndim != 2:
         raise ValueError(f"{name} must be a matrix (2-D), got shape {tuple(A.shape)}")
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; a payoff must be finite")
     return A
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from valleys._checks import integer, positive_real
 from valleys._records import record_to_dict
 from valleys.games.spaces import Euclidean, Space, Sphere, resolve_space
 
@@ -245,6 +246,8 @@ def torus_histogram(x: torch.Tensor, bins: int, weights: torch.Tensor | None = N
     """Cell masses of 1-D torus particles on ``bins`` equal cells: ``(masses, centres, h)``."""
     if x.ndim != 2 or x.shape[1] != 1:
         raise ValueError(f"torus_histogram handles 1-D particles (n, 1), got {tuple(x.shape)}")
+    bins = integer(bins, "bins", minimum=1)
+    period = positive_real(period, "period")
     w = _weights(weights, x.shape[0], x)
     h = period / bins
     index = torch.clamp((torch.remainder(x[:, 0], period) / h).long(), 0, bins - 1)

@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from valleys._checks import seed_value
+from valleys.landscape.evaluate import check_objective
 from valleys.linalg import eigsh
 from valleys.linalg.results import EigshResult
 from valleys.objective import Objective
@@ -102,6 +104,7 @@ def normalize_direction(
 
     A filter whose direction slice is zero stays zero (there is nothing to rescale).
     """
+    check_objective(objective)
     normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
     bias_bn = _check_choice(bias_bn, "bias_bn", BIAS_BN)
     weights = objective.resolve_theta(theta).detach()
@@ -154,12 +157,11 @@ def random_direction(
     Exactly one of ``generator`` (a ``torch.Generator`` on the objective's device) or ``seed``
     must be given, so the direction is reproducible.
     """
+    check_objective(objective)
     if (generator is None) == (seed is None):
         raise ValueError("give exactly one of generator= or seed= (random directions are seeded)")
     if generator is None:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        generator = torch.Generator(device=objective.device).manual_seed(seed)
+        generator = torch.Generator(device=objective.device).manual_seed(seed_value(seed))
     raw = torch.randn(objective.dim, generator=generator, dtype=objective.dtype,
                       device=objective.device)
     return normalize_direction(objective, raw, normalization=normalization, bias_bn=bias_bn,
@@ -168,6 +170,13 @@ def random_direction(
 
 def orthogonalize(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``v`` minus its component along ``u``, rescaled to ``‖v‖`` (a second plane axis)."""
+    for name, t in (("u", u), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 1:
+            raise ValueError(f"{name} must be a flat vector (1-D tensor), got "
+                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+    if u.shape != v.shape:
+        raise ValueError(f"u and v must have the same shape, got {tuple(u.shape)} and "
+                         f"{tuple(v.shape)}")
     uu = torch.dot(u, u)
     if uu == 0:
         return v.clone()

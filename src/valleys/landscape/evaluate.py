@@ -118,6 +118,7 @@ def batched_loss(
         ``(P,)`` losses in the objective's dtype, on its device (non-finite values are kept:
         a diverging point is data).
     """
+    check_objective(objective)
     if not isinstance(thetas, torch.Tensor):
         raise TypeError(f"thetas must be a torch tensor of shape (P, dim), got {type(thetas)}")
     if thetas.ndim != 2 or thetas.shape[1] != objective.dim:
@@ -144,8 +145,20 @@ def batched_loss(
     return torch.cat(out)
 
 
+def check_objective(objective: object) -> Objective:
+    """Refuse anything but an :class:`~valleys.Objective` with a message that says so."""
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}; "
+                        "build one with valleys.Objective(model, loss, (X, Y))")
+    return objective
+
+
 def _as_coefficients(values: Any, name: str) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    try:
+        t = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a 1-D sequence of real numbers, got "
+                        f"{type(values).__name__}") from None
     if t.ndim != 1 or t.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape "
                          f"{tuple(t.shape)}")
@@ -155,6 +168,7 @@ def _as_coefficients(values: Any, name: str) -> torch.Tensor:
 
 
 def _check_direction(objective: Objective, d: torch.Tensor, what: str) -> torch.Tensor:
+    check_objective(objective)
     objective.check_vector(d, what)
     d = d.to(objective.device)
     if not torch.isfinite(d).all():
@@ -182,7 +196,7 @@ def loss_along_line(
         points_per_chunk: parameter vectors evaluated per vmap call.
         method: ``"vmap"`` or ``"loop"`` (see :func:`batched_loss`).
     """
-    origin = objective.resolve_theta(theta).detach()
+    origin = check_objective(objective).resolve_theta(theta).detach()
     u = _check_direction(objective, direction, "direction")
     t = _as_coefficients(ts, "ts")
     started = time.perf_counter()
@@ -216,7 +230,7 @@ def loss_on_plane(
     :func:`~valleys.landscape.random_direction` (filter normalization), or take two top
     Hessian eigenvectors from :func:`~valleys.landscape.top_eigen_directions`.
     """
-    origin = objective.resolve_theta(theta).detach()
+    origin = check_objective(objective).resolve_theta(theta).detach()
     u = _check_direction(objective, d1, "d1")
     v = _check_direction(objective, d2, "d2")
     a = _as_coefficients(alphas, "alphas")
@@ -291,7 +305,7 @@ def grid_timing(
     grid = torch.linspace(-radius, radius, size, dtype=torch.float64)
     scan = loss_on_plane(objective, d1, d2, grid, grid, theta=theta,
                          points_per_chunk=points_per_chunk)
-    origin = objective.resolve_theta(theta).detach()
+    origin = check_objective(objective).resolve_theta(theta).detach()
     A, B = torch.meshgrid(grid, grid, indexing="ij")
     ca = A.reshape(-1).to(device=objective.device, dtype=objective.dtype)
     cb = B.reshape(-1).to(device=objective.device, dtype=objective.dtype)

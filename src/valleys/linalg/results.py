@@ -17,8 +17,6 @@ from valleys._records import record_to_dict
 __all__ = ["EigshResult", "SpectralDensity", "TraceResult"]
 
 
-
-
 # eq=False: the fields hold tensors, whose elementwise == would make the generated __eq__ raise.
 @dataclass(frozen=True, eq=False)
 class EigshResult:
@@ -28,21 +26,29 @@ class EigshResult:
         values: ``(k,)`` eigenvalue estimates (Ritz values): descending for ``which="largest"``,
             ascending for ``"smallest"``, by descending ``|λ|`` for ``"magnitude"``.
         vectors: ``(p, k)`` orthonormal eigenvector estimates, in the operator's dtype and device.
-        residuals: ``(k,)`` residual norms ``‖A v_i − λ_i v_i‖``. For Lanczos these come from the
-            recurrence (``|β_m s_{m,i}|``), which is exact up to rounding because the basis is
-            kept orthogonal; power iteration measures them directly.
-        matvecs: operator applications the solver made.
-        converged: whether every residual met ``tol · |λ_i|`` (a RuntimeWarning is issued
-            when not).
+        residuals: ``(k,)`` residual norms ``‖A v_i − λ_i v_i‖``, recomputed from fresh products
+            of the returned vectors (not the Lanczos recurrence, which low-precision products
+            make lie), in the units of the values.
+        error_bounds: ``(k,)`` bounds on the distance from each returned value to the nearest
+            eigenvalue of the exact operator, in the units of the values, with the products'
+            own rounding noise included: the residual bound ``ρ_i`` (rigorous), or with
+            ``accuracy="value"`` the Kato–Temple bound ``ρ_i² / gap_i`` on a gap estimated from
+            the Ritz values (see :func:`~valleys.linalg.lanczos.eigsh`).
+        matvecs: operator applications the solver made (including the verification products).
+        converged: whether every value met the requested accuracy: its residual
+            (``accuracy="residual"``) or its Kato–Temple bound (``accuracy="value"``) within
+            ``tol · |λ_i|``. A RuntimeWarning with :attr:`message` is issued when not.
         tol: the requested relative tolerance.
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
         method: ``"lanczos"``, ``"power"``, ``"dense"`` (every eigenpair, from the matrix) or
-            ``"block-davidson"``
-            (:func:`~valleys.linalg.lanczos.block_eigsh`; its residuals are computed from stored
-            products).
+            ``"block-davidson"`` (:func:`~valleys.linalg.lanczos.block_eigsh`).
         seed: seed of the random start vector (``None``: unseeded).
         restarts: number of thick restarts.
         wall_time: seconds spent in the solver.
+        accuracy: what ``tol`` applied to, ``"residual"`` or ``"value"``.
+        noise: the estimated rounding noise ``ν`` of one product with a unit vector (absolute),
+            the floor below which no bound can go in the operator's dtype.
+        message: why the solver stopped without converging (empty when it converged).
     """
 
     values: torch.Tensor
@@ -56,6 +62,10 @@ class EigshResult:
     seed: int | None
     restarts: int
     wall_time: float
+    error_bounds: torch.Tensor | None = None
+    accuracy: str = "residual"
+    noise: float = 0.0
+    message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of everything but ``vectors``."""

@@ -81,7 +81,8 @@ def spectral_density(
     num_probes = _check_count(num_probes, "num_probes", 1)
     m = min(_check_count(lanczos_steps, "lanczos_steps", 1), op.size)
     if sigma is not None and (
-        not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma <= 0
+        not isinstance(sigma, numbers.Real) or isinstance(sigma, bool)
+        or not math.isfinite(sigma) or sigma <= 0
     ):
         raise ValueError(f"sigma must be a positive finite number or None, got {sigma!r}")
     if grid is None:

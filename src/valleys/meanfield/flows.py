@@ -253,6 +253,12 @@ def simulate(
             and ``free_energy = risk − τ·entropy``, the Lyapunov function of the Langevin
             flow (costs ``O(n²)`` per record).
     """
+    if not isinstance(measure, ParticleMeasure):
+        raise TypeError(f"measure must be a valleys.meanfield.ParticleMeasure, got "
+                        f"{type(measure).__name__}; wrap positions as ParticleMeasure(x)")
+    if not bool(torch.isfinite(measure.positions).all()):
+        raise ValueError("the initial measure's positions contain NaN or infinite values; start "
+                         "the flow from finite particles")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if steps < 0 or record_every < 1 or (snapshot_every is not None and snapshot_every < 1):

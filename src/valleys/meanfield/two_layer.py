@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from valleys._checks import finite_real, integer, seed_value
 from valleys._records import record_to_dict
 from valleys.meanfield.flows import FieldValue
 from valleys.meanfield.particles import ParticleMeasure
@@ -231,9 +232,9 @@ def init_two_layer(m: int, d: int, *, scale_a: float = 1.0, scale_w: float = 1.0
     The first ``min(m', m)`` neurons are the same for every ``m`` with the same seed, so nets of
     different widths share their first particles.
     """
-    if m < 1 or d < 1:
-        raise ValueError(f"m and d must be >= 1, got m={m}, d={d}")
-    g = torch.Generator().manual_seed(seed)
+    m, d = integer(m, "m (the width)", minimum=1), integer(d, "d (the input dimension)", minimum=1)
+    scale_a, scale_w = finite_real(scale_a, "scale_a"), finite_real(scale_w, "scale_w")
+    g = torch.Generator().manual_seed(seed_value(seed))
     theta = torch.randn(m, 1 + d, generator=g, dtype=torch.float64)
     a = theta[:, 0] * scale_a
     W = theta[:, 1:] * (scale_w / math.sqrt(d))
@@ -288,6 +289,9 @@ def train(a: torch.Tensor, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor, *,
     risk stops with ``status="diverged"``.
     """
     _validate(a, W, X, y)
+    for name, t in (("a", a), ("W", W), ("X", X), ("y", y)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or infinite values; clean it first")
     if not lr > 0 or steps < 0 or record_every < 1 or temperature < 0:
         raise ValueError("need lr > 0, steps >= 0, record_every >= 1, temperature >= 0")
     if test is not None:

@@ -20,6 +20,8 @@ optimizer's state when it is not available.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from valleys.noise.minibatch import noise_factor
@@ -36,7 +38,8 @@ __all__ = [
 
 def averaging_factor(beta1: float) -> float:
     """``(1−β₁)/(1+β₁)``: the variance left by Adam's EMA of i.i.d. noise."""
-    if not 0.0 <= beta1 < 1.0:
+    if (isinstance(beta1, bool) or not isinstance(beta1, numbers.Real)
+            or not 0.0 <= beta1 < 1.0):
         raise ValueError(f"beta1 must lie in [0, 1), got {beta1!r}")
     return (1.0 - beta1) / (1.0 + beta1)
 

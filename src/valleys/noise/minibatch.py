@@ -28,12 +28,14 @@ eigenspaces (1: the same subspace; ``k/p`` on average for random subspaces).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from valleys._checks import integer, seed_value
 from valleys._linear_layers import (
     Unsupported,
     check_factored_gradient,
@@ -62,12 +64,11 @@ __all__ = [
 
 def noise_factor(n: int, batch_size: int, *, replacement: bool = False) -> float:
     """``Cov(g_b) = factor · C``: ``(n−B)/(B(n−1))`` without replacement, ``1/B`` with."""
-    if not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
-    if not isinstance(batch_size, int) or batch_size < 1 or (
-        not replacement and batch_size > n
-    ):
+    n = integer(n, "n", minimum=2)
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1 or (not replacement and batch_size > n)):
         raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    batch_size = int(batch_size)
     if replacement:
         return 1.0 / batch_size
     return (n - batch_size) / (batch_size * (n - 1))
@@ -84,13 +85,19 @@ def batch_indices(
     uniforms are drawn and sorted, so memory is ``O(num_batches·n)``).
     """
     noise_factor(n, batch_size, replacement=replacement)
-    if not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"num_batches must be a positive integer, got {num_batches!r}")
-    gen = torch.Generator().manual_seed(seed)
+    n, batch_size = int(n), int(batch_size)
+    num_batches = integer(num_batches, "num_batches", minimum=1)
+    gen = torch.Generator().manual_seed(seed_value(seed))
     if replacement:
         return torch.randint(n, (num_batches, batch_size), generator=gen)
     # argsort of uniform keys: a random permutation per row, without a Python loop.
     return torch.rand((num_batches, n), generator=gen).argsort(dim=1)[:, :batch_size]
+
+
+def _check_objective(objective: object) -> None:
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}; "
+                        "build one with valleys.Objective(model, loss, (X, Y))")
 
 
 def _check_indices(indices: torch.Tensor, n: int) -> torch.Tensor:
@@ -98,6 +105,9 @@ def _check_indices(indices: torch.Tensor, n: int) -> torch.Tensor:
         torch.int64, torch.int32
     ):
         raise TypeError("indices must be an integer tensor of shape (num_batches, batch_size)")
+    if indices.shape[1] == 0:
+        raise ValueError(f"indices has shape {tuple(indices.shape)}: every batch needs at least "
+                         "one sample index")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
         raise ValueError(f"indices must lie in [0, n={n})")
     return indices.long()
@@ -130,8 +140,7 @@ def minibatch_gradients(
     samples to every batch and one all-reduce sums the partial batch gradients (no per-sample
     quantity leaves its rank).
     """
-    if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}")
+    _check_objective(objective)
     if method not in MINIBATCH_METHODS:
         raise ValueError(f"method must be one of {MINIBATCH_METHODS}, got {method!r}")
     indices = _check_indices(indices, objective.n)
@@ -239,6 +248,7 @@ def minibatch_gradients_loop(
     objective: Objective, indices: torch.Tensor, theta: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The reference: one forward/backward pass per batch, in a Python loop (tensor data)."""
+    _check_objective(objective)
     indices = _check_indices(indices, objective.n)
     leaf = objective.resolve_theta(theta).detach().requires_grad_(True)
     rows = []
@@ -262,6 +272,7 @@ def minibatch_noise(
 
     Batches as in :func:`batch_indices`. ``Cov(ξ_b) = noise_factor(n, B)·C``.
     """
+    _check_objective(objective)
     idx = batch_indices(objective.n, batch_size, num_batches, replacement=replacement, seed=seed)
     G, g = minibatch_gradients(objective, idx, theta, return_mean=True)
     return G - g
@@ -280,6 +291,7 @@ def noise_covariance(
     """
     from valleys.operators import gradient_covariance
 
+    _check_objective(objective)
     factor = noise_factor(objective.n, batch_size, replacement=replacement)
     return gradient_covariance(objective, theta) * factor
 
@@ -291,12 +303,24 @@ def _deviations(objective: Objective, theta: torch.Tensor) -> torch.Tensor:
 
 def hessian_alignment(C: torch.Tensor, H: torch.Tensor) -> float:
     """``tr(CH)/(‖C‖_F‖H‖_F)`` for dense symmetric matrices (0 if either vanishes)."""
+    for name, M in (("C", C), ("H", H)):
+        if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] != M.shape[1]:
+            raise ValueError(f"{name} must be a square matrix (a 2-D tensor), got "
+                             f"{tuple(getattr(M, 'shape', ()))}")
+    if C.shape != H.shape:
+        raise ValueError(f"C and H must have the same shape, got {tuple(C.shape)} and "
+                         f"{tuple(H.shape)}")
     denom = float(torch.linalg.matrix_norm(C) * torch.linalg.matrix_norm(H))
     return float((C * H).sum()) / denom if denom > 0 else 0.0
 
 
 def subspace_overlap(U: torch.Tensor, V: torch.Tensor) -> float:
     """``‖Uᵀ V‖_F² / k`` for orthonormal ``(p, k)`` bases: 1 for equal spans, 0 if orthogonal."""
+    for name, M in (("U", U), ("V", V)):
+        if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[1] == 0:
+            raise ValueError(f"{name} must be a (p, k) tensor of k >= 1 orthonormal columns, got "
+                             f"{tuple(getattr(M, 'shape', ()))}; reshape a single vector with "
+                             "u[:, None]")
     if U.shape != V.shape:
         raise ValueError(f"bases must have the same shape, got {tuple(U.shape)}, {tuple(V.shape)}")
     return float((U.T @ V).pow(2).sum()) / U.shape[1]
@@ -364,10 +388,10 @@ def noise_statistics(
     ``k`` eigenpairs by eigsh.
     """
     started = time.perf_counter()
+    _check_objective(objective)
     theta = objective.resolve_theta(theta)
     factor = noise_factor(objective.n, batch_size, replacement=replacement)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = integer(k, "k", minimum=1)
     if method not in ("gram", "lanczos"):
         raise ValueError(f"method must be 'gram' or 'lanczos', got {method!r}")
     if method == "lanczos":

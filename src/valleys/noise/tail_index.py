@@ -28,6 +28,7 @@ prime ``N``.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys._checks import integer, seed_value
 from valleys._records import record_to_dict
 
 __all__ = ["StableFit", "TailIndexResult", "fit_stable", "tail_index"]
@@ -86,7 +88,12 @@ def _as_tensor(samples: Any) -> torch.Tensor:
     if isinstance(samples, torch.Tensor):
         x = samples.detach()
     elif isinstance(samples, np.ndarray | list | tuple):
-        x = torch.as_tensor(np.asarray(samples))
+        try:
+            x = torch.as_tensor(np.asarray(samples))
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"samples must be an array of real numbers, got "
+                            f"{type(samples).__name__} that NumPy/torch cannot convert "
+                            f"({error})") from None
     else:
         raise TypeError(
             f"samples must be a torch tensor or a NumPy array, got {type(samples).__name__}"
@@ -164,15 +171,20 @@ def tail_index(
     if N < 4:
         raise ValueError(f"the block-sum estimator needs at least 4 samples, got {N}")
     k1 = math.isqrt(N) if block_size is None else block_size
-    if not isinstance(k1, int) or k1 < 2 or N // k1 < 2:
+    if (not isinstance(k1, numbers.Integral) or isinstance(k1, bool) or k1 < 2
+            or N // k1 < 2):
         raise ValueError(
             f"block_size must be an integer >= 2 leaving at least 2 blocks of the {N} samples, "
             f"got {block_size!r}"
         )
-    if not 0.0 < level < 1.0:
+    k1 = int(k1)
+    if (isinstance(level, bool) or not isinstance(level, numbers.Real)
+            or not 0.0 < level < 1.0):
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    if not isinstance(num_bootstrap, int) or num_bootstrap < 0:
-        raise ValueError(f"num_bootstrap must be a non-negative integer, got {num_bootstrap!r}")
+    level = float(level)
+    num_bootstrap = integer(num_bootstrap, "num_bootstrap", minimum=0)
+    seed = seed_value(seed)
+    min_samples = integer(min_samples, "min_samples", minimum=0)
     if N < min_samples:
         warnings.warn(
             f"tail_index: only {N} samples (fewer than {min_samples}); the block-sum estimate of "
@@ -239,8 +251,8 @@ def fit_stable(samples: Any, *, max_samples: int = 200, seed: int = 0) -> Stable
     x = _as_tensor(samples)
     if x.ndim != 1:
         raise ValueError("fit_stable takes 1-D samples (scalars)")
-    if not isinstance(max_samples, int) or max_samples < 10:
-        raise ValueError(f"max_samples must be an integer >= 10, got {max_samples!r}")
+    max_samples = integer(max_samples, "max_samples", minimum=10)
+    seed = seed_value(seed)
     data = x.numpy()
     if data.size > max_samples:
         data = np.random.default_rng(seed).choice(data, size=max_samples, replace=False)

@@ -10,11 +10,14 @@ so they run wherever the operator's tensors live, with no host round trip.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from valleys._checks import available_device
 
 __all__ = ["DenseOperator", "LambdaOperator", "LinearOperator"]
 
@@ -42,11 +45,14 @@ class LinearOperator:
         *,
         symmetric: bool = True,
     ) -> None:
-        if not isinstance(size, numbers.Integral) or size <= 0:
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size <= 0:
             raise ValueError(f"operator size must be a positive integer, got {size!r}")
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"operator dtype must be a torch.dtype such as torch.float64, got "
+                            f"{dtype!r}")
         self.size = int(size)
         self.dtype = dtype
-        self.device = torch.device(device)
+        self.device = available_device(device)
         self.symmetric = symmetric
         self.num_matvecs = 0
 
@@ -115,16 +121,15 @@ class LinearOperator:
         return NotImplemented
 
     def __mul__(self, scalar):
-        if isinstance(scalar, numbers.Real) and not isinstance(scalar, bool):
-            return _ScaledOperator(self, float(scalar))
-        return NotImplemented
+        return _ScaledOperator(self, _scalar(scalar, "scale"))
 
     __rmul__ = __mul__
 
     def __truediv__(self, scalar):
-        if isinstance(scalar, numbers.Real) and not isinstance(scalar, bool):
-            return _ScaledOperator(self, 1.0 / float(scalar))
-        return NotImplemented
+        divisor = _scalar(scalar, "divide")
+        if divisor == 0:
+            raise ValueError(f"cannot divide {self!r} by zero")
+        return _ScaledOperator(self, 1.0 / divisor)
 
     def __neg__(self):
         return _ScaledOperator(self, -1.0)
@@ -167,6 +172,16 @@ class LinearOperator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, dtype={self.dtype}, device={self.device})"
+
+
+def _scalar(value: object, verb: str) -> float:
+    """A finite real factor for operator algebra (operators combine with operators only)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"can only {verb} an operator by a real number, got "
+                        f"{type(value).__name__}; combine operators with + - @")
+    if not math.isfinite(value):
+        raise ValueError(f"cannot {verb} an operator by {value!r}; the factor must be finite")
+    return float(value)
 
 
 def _check_compatible(a: LinearOperator, b: LinearOperator) -> None:
@@ -220,8 +235,12 @@ class DenseOperator(LinearOperator):
     def __init__(self, matrix: torch.Tensor, *, symmetric: bool | None = None) -> None:
         if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2:
             raise TypeError("DenseOperator needs a 2-D torch tensor")
-        if matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"DenseOperator needs a square matrix, got {tuple(matrix.shape)}")
+        if matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+            raise ValueError(f"DenseOperator needs a non-empty square matrix, got "
+                             f"{tuple(matrix.shape)}")
+        if not matrix.dtype.is_floating_point:
+            raise TypeError(f"DenseOperator needs a real floating matrix, got {matrix.dtype}; "
+                            "convert it with .double()")
         if not torch.isfinite(matrix).all():
             raise ValueError("DenseOperator matrix has non-finite entries")
         if symmetric is None:

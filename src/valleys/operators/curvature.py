@@ -49,6 +49,12 @@ class CurvatureOperator(LinearOperator):
         super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
         self.objective = objective
         self.theta = objective.resolve_theta(theta).detach().clone()
+        if not bool(torch.isfinite(self.theta).all()):
+            raise ValueError(
+                f"{type(self).__name__}: θ contains NaN or infinite values, so every curvature "
+                "product would be meaningless; pass a finite θ (a diverged run's θ has no "
+                "curvature to measure)"
+            )
         self.cache = objective.num_chunks == 1 if cache is None else bool(cache)
         self._cached: list[Any] | None = None
         chunk_samples = min(objective.chunk_size or objective.n, objective.n)

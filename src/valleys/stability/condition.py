@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from valleys._checks import integer
 from valleys._records import record_to_dict
 from valleys.linalg import eigsh
 from valleys.objective import Objective
@@ -395,8 +396,7 @@ def max_stable_lr_analysis(
     obj = check_objective(obj, "max_stable_lr")
     batch_size = check_batch_size(batch_size, obj.n)
     tol = default_tol(obj.dtype) if tol is None else check_tol(tol)
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    max_iter = integer(max_iter, "max_iter", minimum=1)
     curvature = _check_curvature(curvature, method)
     ops = _Operators(obj, batch_size, theta, method, curvature)
     a, v, _, ok, matvecs = _top(ops.H, tol=tol, seed=seed, max_matvecs=max_matvecs)

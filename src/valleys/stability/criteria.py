@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from valleys._checks import integer
 from valleys._records import record_to_dict
 from valleys.stability._common import (
     check_batch_size,
@@ -158,7 +159,7 @@ def critical_lr(
     a = check_finite(sharpness, "sharpness")
     s = check_finite(nonuniformity, "nonuniformity", nonnegative=True)
     if isinstance(batch_size, Sequence | np.ndarray):
-        return np.array([critical_lr(a, s, int(b), n) for b in batch_size], dtype=float)
+        return np.array([critical_lr(a, s, b, n) for b in batch_size], dtype=float)
     c = sgd_noise_factor(n, batch_size)
     denominator = a * a + c * s * s
     if denominator == 0:
@@ -207,8 +208,7 @@ def stability_region(lr: float, batch_size: int, n: int, *, num: int = 201) -> S
         num: number of grid points (>= 2).
     """
     bounds = necessary_bounds(lr, batch_size, n)
-    if not isinstance(num, int) or num < 2:
-        raise ValueError(f"num must be an integer >= 2, got {num!r}")
+    num = integer(num, "num", minimum=2)
     a = np.linspace(0.0, 2.0 / bounds.lr, num)
     inside = np.clip(bounds.lr * a * (2.0 - bounds.lr * a), 0.0, None)
     if bounds.noise_factor == 0:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from valleys._checks import positive_real, seed_value
 from valleys.linalg import eigsh
 from valleys.linalg.lanczos import block_eigsh
 from valleys.objective import Objective
@@ -208,11 +209,13 @@ class SharpnessTracker:
             warm_block = min(2 * int(k) + 1, objective.dim - 1)
         self.warm_block = warm_block
         self.objective = objective
-        self.k, self.every, self.tol, self.which = int(k), int(every), float(tol), which
+        tol = positive_real(tol, "tol", hint="the relative residual tolerance of Lanczos, e.g. "
+                                               "1e-3")
+        self.k, self.every, self.tol, self.which = int(k), int(every), tol, which
         self.warm_start, self.warm_noise = bool(warm_start), float(warm_noise)
         self.preconditioned = bool(preconditioned)
         self.prefix = ("precond_" if preconditioned else "") if prefix is None else prefix
-        self.seed = int(seed)
+        self.seed = seed_value(seed)
         self.max_matvecs = max_matvecs
         if ncv is not None and (not isinstance(ncv, numbers.Integral) or isinstance(ncv, bool)
                                 or ncv < self.k + 2):
@@ -280,7 +283,8 @@ class SharpnessTracker:
         if step % self.every:
             return None
         p = self.prefix
-        op = self.operator(theta)
+        # A diverged iterate has no curvature to measure: its row says so (divergence is data).
+        op = self.operator(theta) if bool(torch.isfinite(theta).all()) else None
         if op is None:
             out: dict[str, Any] = {f"{p}sharpness": math.nan, f"{p}matvecs": 0}
             out.update({f"{p}eig_{i + 1}": math.nan for i in range(self.k)})

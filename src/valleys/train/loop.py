@@ -14,14 +14,15 @@ second-moment state for the preconditioned sharpness.
 from __future__ import annotations
 
 import math
+import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
-from valleys._checks import positive_real
+from valleys._checks import finite_real, integer, positive_real, seed_value
 from valleys.objective import Objective
 
 __all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainContext", "TrainResult", "train"]
@@ -145,7 +146,25 @@ def train(
     when the full-data loss reaches ``loss_goal`` or the accuracy reaches ``accuracy_goal``
     (checked at recorded steps), or when it diverges.
     """
+    if not isinstance(objective, Objective):
+        raise TypeError(f"train needs a valleys.Objective, got {type(objective).__name__}; build "
+                        "one with valleys.Objective(model, loss, (X, Y))")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a valleys.train.TrainConfig or None, got "
+                        f"{type(config).__name__}; pass settings as keywords, e.g. "
+                        "train(obj, lr=0.1, steps=100)")
     config = _validated(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}), objective)
+    if isinstance(callbacks, str) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a sequence of functions cb(step, θ), got "
+                        f"{type(callbacks).__name__}; wrap a single one in a list")
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not callable(callback):
+            raise TypeError(f"every callback must be callable as cb(step, θ), got "
+                            f"{type(callback).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function of the step count or None, got "
+                        f"{type(progress).__name__}")
     start = objective.resolve_theta(theta).detach().clone()
     param = torch.nn.Parameter(start.clone())
     optimizer = _make_optimizer(config, param)
@@ -223,24 +242,47 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
                  "loss",
         ),
     )
-    if not isinstance(config.steps, int) or config.steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {config.steps!r}")
-    if not isinstance(config.record_every, int) or config.record_every < 1:
-        raise ValueError(f"record_every must be a positive integer, got {config.record_every!r}")
+    config = replace(
+        config,
+        steps=integer(config.steps, "steps", minimum=0),
+        record_every=integer(config.record_every, "record_every", minimum=1),
+        seed=seed_value(config.seed),
+    )
     if config.sampling not in SAMPLING:
         raise ValueError(f"unknown sampling {config.sampling!r}; choose one of {SAMPLING}")
     if config.batch_size is not None:
-        if not isinstance(config.batch_size, int) or not 1 <= config.batch_size <= objective.n:
+        batch_size = config.batch_size
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                or not 1 <= batch_size <= objective.n):
             raise ValueError(
                 f"batch_size must be an integer in [1, n={objective.n}] or None (full batch), "
-                f"got {config.batch_size!r}"
+                f"got {batch_size!r}"
             )
+        config = replace(config, batch_size=int(batch_size))
         if not objective.distributed:
             objective.batch(torch.zeros(1, dtype=torch.long))  # clear error for iterable data
-    if not 0 <= config.momentum < 1:
-        raise ValueError(f"momentum must lie in [0, 1), got {config.momentum}")
-    if config.accuracy_goal is not None and not 0 < config.accuracy_goal <= 1:
-        raise ValueError(f"accuracy_goal must lie in (0, 1], got {config.accuracy_goal!r}")
+    momentum = config.momentum
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not (
+        0 <= momentum < 1
+    ):
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+    if (not isinstance(config.betas, tuple | list) or len(config.betas) != 2
+            or any(isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1
+                   for b in config.betas)):
+        raise ValueError(f"betas must be a pair of numbers in [0, 1), got {config.betas!r}")
+    eps = config.eps
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
+        math.isfinite(eps) and eps >= 0
+    ):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    config = replace(config, momentum=float(momentum), betas=tuple(float(b) for b in config.betas),
+                     eps=float(eps))
+    if config.loss_goal is not None:
+        config = replace(config, loss_goal=finite_real(config.loss_goal, "loss_goal"))
+    goal = config.accuracy_goal
+    if goal is not None and (isinstance(goal, bool) or not isinstance(goal, numbers.Real)
+                             or not 0 < goal <= 1):
+        raise ValueError(f"accuracy_goal must lie in (0, 1], got {goal!r}")
     return config
 
 
@@ -316,9 +358,15 @@ def _epoch(step: int, config: TrainConfig, n: int) -> float:
 
 
 def _is_classifier(objective: Objective) -> bool:
+    if objective.loss_name == "ce":
+        return True
     _, Y = next(iter(objective.chunks()))
-    one_hot = Y.is_floating_point() and Y.ndim == 2 and Y.shape[1] > 1
-    return objective.loss_name == "ce" or one_hot
+    # One-hot targets: rows of 0s and a single 1. Any other float targets are a regression,
+    # whose "accuracy" (argmax agreement) would be meaningless.
+    return bool(
+        Y.is_floating_point() and Y.ndim == 2 and Y.shape[1] > 1
+        and ((Y == 0) | (Y == 1)).all() and (Y.sum(dim=1) == 1).all()
+    )
 
 
 def _diverged(loss: float, initial: float | None, config: TrainConfig) -> bool:
