@@ -62,7 +62,7 @@ def measure(task: str, chunk: int | None) -> dict:
     baseline = {"baseline_peak_mb": peak_rss_mb(), "baseline_rss_mb": current_rss_mb()}
     if task == "sharpness":
         created = []
-        module = importlib.import_module("valleys.sharpness")
+        module = importlib.import_module("valleys._sharpness")
         original = module.hessian
 
         def recording(*args, **kwargs):

@@ -69,7 +69,7 @@ def methods_available() -> list[str]:
     """Explicit methods of ``hessian_variance`` (empty if it takes no ``method=``)."""
     if "method" not in inspect.signature(valleys.hessian_variance).parameters:
         return []
-    module = importlib.import_module("valleys.operators.hessian_variance")
+    module = importlib.import_module("valleys.operators._hessian_variance")
     return [m for m in getattr(module, "METHODS", ("linear-layers", "vmap")) if m != "auto"]
 
 
@@ -101,7 +101,7 @@ def _product_run(op, v, products, label):
 
 def time_nonuniformity(obj, repeats: int) -> dict:
     """``valleys.nonuniformity(obj)``: value, median time, and the Σ-products of its Lanczos."""
-    module = importlib.import_module("valleys.sharpness")
+    module = importlib.import_module("valleys._sharpness")
     original = module.hessian_variance
     created = []
 

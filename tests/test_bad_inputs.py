@@ -42,6 +42,7 @@ from valleys import (
     stability,
     sweeps,
 )
+from valleys._sharpness import nonuniformity, sharpness
 from valleys.experiments import load_experiment
 from valleys.experiments import run as run_experiment
 from valleys.linalg import block_eigsh, eigsh, power_iteration, spectral_density, trace
@@ -52,10 +53,9 @@ from valleys.operators import (
     hessian,
     hessian_variance,
 )
-from valleys.operators.base import DenseOperator, LambdaOperator
-from valleys.operators.fisher import empirical_fisher
+from valleys.operators._base import DenseOperator, LambdaOperator
+from valleys.operators._fisher import empirical_fisher
 from valleys.problems import load_problem
-from valleys.sharpness import nonuniformity, sharpness
 from valleys.train.callbacks import SharpnessTracker
 from valleys.train.flow import GradientFlow, gradient_flow
 from valleys.train.loop import TrainConfig, train

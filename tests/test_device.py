@@ -25,7 +25,7 @@ from torch import nn
 
 import valleys
 from valleys import games, landscape, noise, sde, smoothness
-from valleys.linalg.lanczos import block_eigsh
+from valleys.linalg._lanczos import block_eigsh
 from valleys.meanfield import batchnorm as bn
 from valleys.meanfield import flows as mf_flows
 from valleys.meanfield import resnet as rn

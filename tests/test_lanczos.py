@@ -10,7 +10,7 @@ import torch
 from conftest import sym_matrix
 
 from valleys.linalg import EigshResult, eigsh, power_iteration
-from valleys.operators.base import DenseOperator, LambdaOperator
+from valleys.operators._base import DenseOperator, LambdaOperator
 
 
 def reference(A: torch.Tensor, k: int, which: str) -> torch.Tensor:

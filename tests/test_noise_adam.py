@@ -17,7 +17,7 @@ from valleys.noise import (
     noise_covariance,
     noise_factor,
 )
-from valleys.noise.adam import stationary_second_moment
+from valleys.noise._adam import stationary_second_moment
 
 
 def _problem(n=6):

@@ -11,7 +11,7 @@ import torch
 from conftest import sym_matrix
 
 from valleys.linalg import SpectralDensity, spectral_density
-from valleys.operators.base import DenseOperator, LambdaOperator
+from valleys.operators._base import DenseOperator, LambdaOperator
 
 matplotlib.use("Agg")
 

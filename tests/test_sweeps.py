@@ -522,7 +522,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(os.name != "posix", reason="the sweep lock uses flock")
 def test_a_second_run_of_the_same_sweep_is_refused(helper, tmp_path):
-    from valleys.sweeps.runner import _sweep_lock
+    from valleys.sweeps._runner import _sweep_lock
 
     store = ResultsStore(tmp_path / "l.sqlite")
     with _sweep_lock(store, "busy"):

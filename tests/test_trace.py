@@ -12,7 +12,7 @@ import torch
 from conftest import sym_matrix
 
 from valleys.linalg import TraceResult, trace
-from valleys.operators.base import DenseOperator, LambdaOperator
+from valleys.operators._base import DenseOperator, LambdaOperator
 
 NUM_SEEDS = 200
 

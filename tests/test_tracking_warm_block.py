@@ -11,8 +11,8 @@ from torch.func import hessian as dense_hessian
 
 import valleys
 from valleys.linalg import eigsh
-from valleys.linalg.lanczos import block_eigsh
-from valleys.operators.base import DenseOperator
+from valleys.linalg._lanczos import block_eigsh
+from valleys.operators._base import DenseOperator
 from valleys.train import SharpnessTracker, train
 
 SEPARATED = torch.cat(

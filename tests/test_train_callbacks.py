@@ -147,13 +147,13 @@ def test_optimizer_preconditioner_is_the_denominator_torch_applies():
 def test_preconditioned_operator_is_symmetric_and_checked():
     A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
     P = torch.tensor([1.0, 4.0], dtype=torch.float64)
-    op = PreconditionedOperator(valleys.operators.base.DenseOperator(A), P)
+    op = PreconditionedOperator(valleys.operators.DenseOperator(A), P)
     dense = op.to_dense()
     assert torch.allclose(dense, dense.T)
     assert torch.allclose(torch.linalg.eigvalsh(dense).sort().values,
                           torch.linalg.eigvals(A / P[:, None]).real.sort().values)
     with pytest.raises(ValueError, match="positive"):
-        PreconditionedOperator(valleys.operators.base.DenseOperator(A), -P)
+        PreconditionedOperator(valleys.operators.DenseOperator(A), -P)
 
 
 def quadratic(n: int = 40, d: int = 6, seed: int = 0):

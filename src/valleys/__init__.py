@@ -17,6 +17,8 @@ from valleys import smoothness as smoothness
 from valleys import stability as stability
 from valleys import sweeps as sweeps
 from valleys import train as train
+from valleys._sharpness import nonuniformity as nonuniformity
+from valleys._sharpness import sharpness as sharpness
 from valleys._version import __version__ as __version__
 from valleys.linalg import EigshResult as EigshResult
 from valleys.linalg import SpectralDensity as SpectralDensity
@@ -36,5 +38,38 @@ from valleys.operators import gradient_covariance as gradient_covariance
 from valleys.operators import hessian as hessian
 from valleys.operators import hessian_variance as hessian_variance
 from valleys.problems import load_problem as load_problem
-from valleys.sharpness import nonuniformity as nonuniformity
-from valleys.sharpness import sharpness as sharpness
+
+__all__ = [
+    "DenseOperator",
+    "EigshResult",
+    "LambdaOperator",
+    "LinearOperator",
+    "Objective",
+    "SpectralDensity",
+    "TraceResult",
+    "data",
+    "distributed",
+    "eigsh",
+    "empirical_fisher",
+    "games",
+    "ggn",
+    "ggn_variance",
+    "gradient_covariance",
+    "hessian",
+    "hessian_variance",
+    "landscape",
+    "load_problem",
+    "meanfield",
+    "models",
+    "noise",
+    "nonuniformity",
+    "power_iteration",
+    "sde",
+    "sharpness",
+    "smoothness",
+    "spectral_density",
+    "stability",
+    "sweeps",
+    "trace",
+    "train",
+]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = [
     "available_device",
     "finite_real",
@@ -25,11 +27,11 @@ def positive_real(value: object, name: str, *, hint: str = "") -> float:
     numpy or a 0-d tensor's ``.item()``); bools, strings, NaN, ±inf and values <= 0 raise a
     ``ValueError`` that names the argument."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}"
-                         + (f"; {hint}" if hint else ""))
+        raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}"
+                                 + (f"; {hint}" if hint else ""))
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}"
-                         + (f"; {hint}" if hint else ""))
+        raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}"
+                                 + (f"; {hint}" if hint else ""))
     return float(value)
 
 
@@ -39,8 +41,8 @@ def finite_real(value: object, name: str, *, hint: str = "") -> float:
     Range checks are left to the caller."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}"
-                         + (f"; {hint}" if hint else ""))
+        raise ArgumentValueError(f"{name} must be a finite real number, got {value!r}"
+                                 + (f"; {hint}" if hint else ""))
     return float(value)
 
 
@@ -51,8 +53,8 @@ def integer(value: object, name: str, *, minimum: int | None = None, hint: str =
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or (minimum is not None and value < minimum)):
         bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"{name} must be an integer{bound}, got {value!r}"
-                         + (f"; {hint}" if hint else ""))
+        raise ArgumentValueError(f"{name} must be an integer{bound}, got {value!r}"
+                                 + (f"; {hint}" if hint else ""))
     return int(value)
 
 
@@ -61,10 +63,11 @@ def seed_value(value: object, name: str = "seed") -> int:
     ``torch.Generator`` takes (``-2**63 <= seed < 2**64``); else ``TypeError`` (the wording of
     :func:`valleys.eigsh`) or, out of range, ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be an int, got {value!r}")
     if not -(2**63) <= value < 2**64:
-        raise ValueError(f"{name} must lie in [-2**63, 2**64) (what torch.Generator accepts), "
-                         f"got {value!r}")
+        raise ArgumentValueError(
+            f"{name} must lie in [-2**63, 2**64) (what torch.Generator accepts), "
+            f"got {value!r}")
     return int(value)
 
 
@@ -73,19 +76,20 @@ def writable_folder(out: str | Path, what: str = "output folder", *,
     """Create ``out`` (and its parents) and make sure files can be written there; a path under
     a file or without write permission raises a ``ValueError`` ending in ``hint``."""
     if not isinstance(out, str | os.PathLike):
-        raise TypeError(f"{what} must be a path (a str or pathlib.Path), got {out!r}")
+        raise ArgumentTypeError(f"{what} must be a path (a str or pathlib.Path), got {out!r}")
     path = Path(out).expanduser()
     for parent in (path, *path.parents):
         if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{what} {str(out)!r}: {str(parent)!r} is a file, not a folder; "
-                             f"{hint}")
+            raise ArgumentValueError(
+                f"{what} {str(out)!r}: {str(parent)!r} is a file, not a folder; "
+                f"{hint}")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise ValueError(f"{what} {str(out)!r} cannot be written ({error.strerror}); "
-                         f"{hint}") from None
+        raise ArgumentValueError(f"{what} {str(out)!r} cannot be written ({error.strerror}); "
+                                 f"{hint}") from None
     return path
 
 
@@ -94,16 +98,18 @@ def available_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        raise ArgumentValueError(
+            f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: CUDA is not available here (torch "
-                             f"{torch.__version__}); use cpu")
+            raise ArgumentValueError(f"device {str(device)!r}: CUDA is not available here (torch "
+                                     f"{torch.__version__}); use cpu")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
-                             "device(s) here")
+            raise ArgumentValueError(
+                f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                "device(s) here")
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
+        raise ArgumentValueError(f"device {str(device)!r}: MPS is not available here; use cpu")
     elif resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {str(device)!r}: valleys runs on cpu, cuda or mps")
+        raise ArgumentValueError(f"device {str(device)!r}: valleys runs on cpu, cuda or mps")
     return resolved

@@ -6,7 +6,7 @@ whole ``nn.Linear`` layers, per-sample gradients (and Jacobian rows) never need 
 the layer inputs ``a_i`` and the output cotangents ``δ_i`` suffice. :func:`forward_with_shifts`
 records ``a_i`` with a forward hook and adds a zero ``shift`` to each layer's output, whose
 gradient is ``δ``. Users: the Gram path of :mod:`valleys.stability.gram` (``φ = f_k``) and the
-mini-batch gradients of :mod:`valleys.noise.minibatch` (``φ = ℓ``).
+mini-batch gradients of :mod:`valleys.noise._minibatch` (``φ = ℓ``).
 
 Call counts and input shapes are checked by the hook, but a parameter of ``θ`` can also be used
 outside its layer's call (``F.linear(h, layer.weight)``, tied weights); then the gradient is no

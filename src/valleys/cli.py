@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from valleys._version import __version__
+from valleys.errors import ArgumentError, ArgumentValueError
 
 app = typer.Typer(
     name="valleys",
@@ -106,23 +107,25 @@ def curvature(
 
     # Every argument is checked here, before a problem is trained or loaded.
     if problem not in PROBLEMS:
-        raise ValueError(f"unknown problem {problem!r}; choose one of {sorted(PROBLEMS)} (see "
-                         "`valleys problems`)")
+        raise ArgumentValueError(
+            f"unknown problem {problem!r}; choose one of {sorted(PROBLEMS)} (see "
+            "`valleys problems`)")
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
+        raise ArgumentValueError(f"--dtype must be float32 or float64, got {dtype!r}")
     if trace_method not in TRACE_METHODS:
-        raise ValueError(f"--trace-method must be one of {TRACE_METHODS}, got {trace_method!r}")
+        raise ArgumentValueError(
+            f"--trace-method must be one of {TRACE_METHODS}, got {trace_method!r}")
     for name, value in (("--k", k), ("--probes", probes), ("--lanczos-steps", lanczos_steps),
                         ("--chunk-size", chunk_size), ("--num-samples", num_samples)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise ArgumentValueError(f"{name} must be positive, got {value}")
     positive_real(tol, "--tol", hint="the relative residual tolerance of Lanczos, e.g. 1e-4")
     least = {"hutch++": 3, "hutchinson": 2}.get(trace_method)
     if least is not None and trace_matvecs < least:
-        raise ValueError(f"--trace-matvecs must be at least {least} for --trace-method "
-                         f"{trace_method}, got {trace_matvecs}")
+        raise ArgumentValueError(f"--trace-matvecs must be at least {least} for --trace-method "
+                                 f"{trace_method}, got {trace_matvecs}")
     if seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+        raise ArgumentValueError(f"--seed must be a non-negative integer, got {seed}")
     if distributed:
         device = device or str(vdist.init())
     device = device or "cpu"
@@ -257,23 +260,23 @@ def reproduce(
             typer.echo(known)
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
+        raise ArgumentValueError(
             "valleys reproduce runs on one process (its experiments build their own objectives, "
             "so every rank would repeat the whole run); launch it without torchrun"
         )
     if quick and preset not in (None, "quick"):
-        raise ValueError(f"--quick contradicts --preset {preset}; give one of them")
+        raise ArgumentValueError(f"--quick contradicts --preset {preset}; give one of them")
     chosen = "quick" if quick else (preset or "full")
     seed_list = None
     if seeds is not None:
         try:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2"
             ) from None
         if any(s < 0 for s in seed_list):
-            raise ValueError(f"--seeds {seeds!r}: seeds must be non-negative integers")
+            raise ArgumentValueError(f"--seeds {seeds!r}: seeds must be non-negative integers")
     experiment = load_experiment(name)
     # Arguments are checked here, before anything is computed.
     available_device(device)
@@ -301,9 +304,11 @@ def _write_json(path: Path, payload: dict) -> None:
 def main() -> None:
     """Entry point: run the app, turning bad input into one line and exit status 2."""
     # Usage errors (unknown options, bad types) are handled by typer itself, also with status 2.
+    # Only valleys' own argument errors are the user's to fix; anything else is a bug and keeps
+    # its traceback.
     try:
         app()
-    except (ValueError, TypeError) as error:
+    except ArgumentError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from valleys.errors import ArgumentValueError
+
 __all__ = [
     "CollectiveError",
     "all_gather_rows",
@@ -97,11 +99,11 @@ def init(
         raise RuntimeError("this PyTorch build has no torch.distributed support")
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise ArgumentValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if not dist.is_initialized():
         missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
         if missing:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"no process group and the environment lacks {', '.join(missing)}; launch with "
                 "`torchrun --nproc_per_node N ...` or call torch.distributed.init_process_group "
                 "yourself before building a distributed Objective"
@@ -112,7 +114,7 @@ def init(
             local_rank, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
             if local_rank >= visible:
                 # NCCL needs one GPU per process; set_device would fail with a bare CUDA error.
-                raise ValueError(
+                raise ArgumentValueError(
                     f"NCCL runs one process per GPU, but LOCAL_RANK={local_rank} and only "
                     f"{visible} CUDA device(s) are visible; launch at most {visible} processes "
                     "per node (torchrun --nproc_per_node), or use backend='gloo'"
@@ -152,7 +154,7 @@ def check_model_device(device: torch.device) -> None:
     (Staging every product through the GPU would hide a slow, probably unintended setup.)
     """
     if "nccl" in dist.get_backend() and device.type != "cuda":
-        raise ValueError(
+        raise ArgumentValueError(
             f"the NCCL backend reduces CUDA tensors, but the model is on {device}; move it "
             "to valleys.distributed.default_device() or use the gloo backend"
         )
@@ -167,7 +169,7 @@ def shard_bounds(n: int, rank_: int | None = None, world_size_: int | None = Non
     r = rank() if rank_ is None else int(rank_)
     w = world_size() if world_size_ is None else int(world_size_)
     if w < 1 or not 0 <= r < w:
-        raise ValueError(f"rank {r} is not in [0, world size {w})")
+        raise ArgumentValueError(f"rank {r} is not in [0, world size {w})")
     base, extra = divmod(int(n), w)
     start = r * base + min(r, extra)
     return range(start, start + base + (r < extra))
@@ -178,7 +180,7 @@ def shard(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's contiguous shard ``(X[a:b], Y[a:b])`` (see :func:`shard_bounds`)."""
     if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y have {X.shape[0]} and {Y.shape[0]} samples")
+        raise ArgumentValueError(f"X and Y have {X.shape[0]} and {Y.shape[0]} samples")
     bounds = shard_bounds(X.shape[0], rank_, world_size_)
     return X[bounds.start : bounds.stop], Y[bounds.start : bounds.stop]
 

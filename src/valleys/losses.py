@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = ["LossFn", "cross_entropy", "resolve_loss", "squared_error"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,66 +46,66 @@ def resolve_loss(loss: str | LossFn) -> tuple[str, LossFn]:
     if isinstance(loss, str):
         table = {"mse": squared_error, "ce": cross_entropy}
         if loss not in table:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"unknown loss {loss!r}; use 'mse' (½·Σ squared error over outputs), 'ce' "
                 "(cross-entropy) or a callable (outputs, targets) -> per-sample losses"
             )
         return loss, table[loss]
     if callable(loss):
         return getattr(loss, "__name__", "custom"), loss
-    raise TypeError(f"loss must be 'mse', 'ce' or a callable, got {type(loss).__name__}")
+    raise ArgumentTypeError(f"loss must be 'mse', 'ce' or a callable, got {type(loss).__name__}")
 
 
 def check_targets(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
     """Raise a clear error when targets cannot go with outputs under a named loss."""
     if name == "mse":
         if not targets.is_floating_point():
-            raise TypeError(
+            raise ArgumentTypeError(
                 "loss 'mse' needs float targets of the model's output shape; for class labels "
                 "use one-hot targets (valleys.data loaders take one_hot=True) or loss='ce'"
             )
         if targets.shape != outputs.shape:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"loss 'mse' needs targets of the output shape {tuple(outputs.shape)}, got "
                 f"{tuple(targets.shape)}; reshape the targets (e.g. y[:, None] for one output)"
             )
     elif name == "ce":
         if outputs.ndim != 2:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"loss 'ce' needs outputs of shape (batch, classes), got {tuple(outputs.shape)}"
             )
         if outputs.shape[1] < 2:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"loss 'ce' needs at least 2 outputs (classes), got {outputs.shape[1]}: the "
                 "softmax of one output is 1, so the loss would be 0 whatever the model; for one "
                 "output use loss='mse' or a binary cross-entropy callable"
             )
         if targets.is_floating_point():
             if targets.shape != outputs.shape:
-                raise ValueError(
+                raise ArgumentValueError(
                     "loss 'ce' with float targets needs class probabilities of shape "
                     f"{tuple(outputs.shape)}, got {tuple(targets.shape)}"
                 )
             if targets.numel() and bool((targets < 0).any()):
-                raise ValueError(
+                raise ArgumentValueError(
                     "loss 'ce' with float targets needs class probabilities (non-negative, "
                     f"one row per sample), got a smallest entry of {float(targets.min()):.3g}; "
                     "for regression targets use loss='mse'"
                 )
         elif targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
             if targets.shape != outputs.shape[:1]:
-                raise ValueError(
+                raise ArgumentValueError(
                     f"loss 'ce' needs integer labels of shape ({outputs.shape[0]},), got "
                     f"{tuple(targets.shape)}"
                 )
             if targets.dtype != torch.int64:
-                raise TypeError("loss 'ce' needs int64 labels; convert them with .long()")
+                raise ArgumentTypeError("loss 'ce' needs int64 labels; convert them with .long()")
             if targets.numel() and (targets.min() < 0 or targets.max() >= outputs.shape[1]):
-                raise ValueError(
+                raise ArgumentValueError(
                     f"class labels must lie in [0, {outputs.shape[1]}) for a model with "
                     f"{outputs.shape[1]} outputs, got labels in "
                     f"[{int(targets.min())}, {int(targets.max())}]"
                 )
         else:
-            raise TypeError(f"loss 'ce' needs int64 labels or float probabilities, got "
-                            f"{targets.dtype}")
+            raise ArgumentTypeError(f"loss 'ce' needs int64 labels or float probabilities, got "
+                                    f"{targets.dtype}")

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = ["ACTIVATIONS", "MLP", "SmallCNN", "SmallResNet", "make_activation", "num_parameters"]
 
 #: Activation names accepted by the models, mapped to module factories.
@@ -60,7 +62,7 @@ def make_activation(name: str) -> nn.Module:
         ValueError: for an unknown name; the message lists the valid ones.
     """
     if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
-        raise ValueError(
+        raise ArgumentValueError(
             f"unknown activation {name!r}; choose one of {', '.join(sorted(ACTIVATIONS))}"
         )
     return ACTIVATIONS[name.lower()]()
@@ -77,7 +79,7 @@ def num_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
         The total number of scalar entries over all (distinct) parameters.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
@@ -93,7 +95,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
         return
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        raise ArgumentValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     # devices=[]: only the CPU generator is forked; the parameters are created on the CPU.
     # torch.default_generator.manual_seed (unlike torch.manual_seed) leaves CUDA generators alone.
     with torch.random.fork_rng(devices=[]):
@@ -103,15 +105,15 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ArgumentValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def _int_tuple(values: Any, name: str, *, min_len: int = 1) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a sequence of positive integers, got {values!r}")
+        raise ArgumentTypeError(f"{name} must be a sequence of positive integers, got {values!r}")
     if len(values) < min_len:
-        raise ValueError(f"{name} needs at least {min_len} entries, got {list(values)}")
+        raise ArgumentValueError(f"{name} needs at least {min_len} entries, got {list(values)}")
     return tuple(_positive_int(v, f"every entry of {name}") for v in values)
 
 
@@ -122,15 +124,15 @@ class _InputAdapter(nn.Module):
         super().__init__()
         shape = _int_tuple(input_shape, "input_shape")
         if len(shape) > 3:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"input_shape must be (L,), (C, L), (H, W) or (C, H, W), got {shape}"
             )
         if spatial_dims is None:
             spatial_dims = 1 if len(shape) == 1 else 2
         if spatial_dims not in (1, 2):
-            raise ValueError(f"spatial_dims must be 1, 2 or None, got {spatial_dims!r}")
+            raise ArgumentValueError(f"spatial_dims must be 1, 2 or None, got {spatial_dims!r}")
         if len(shape) < spatial_dims or len(shape) > spatial_dims + 1:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"input_shape {shape} does not fit spatial_dims={spatial_dims}: expected "
                 f"{'(L,) or (C, L)' if spatial_dims == 1 else '(H, W) or (C, H, W)'}"
             )
@@ -149,7 +151,7 @@ class _InputAdapter(nn.Module):
             return x
         if x.ndim >= 2 and (sample == self.input_shape or sample == (self.numel,)):
             return x.reshape(x.shape[0], *self.full_shape)
-        raise ValueError(
+        raise ArgumentValueError(
             f"expected inputs of shape (batch, {', '.join(map(str, self.input_shape))}), "
             f"(batch, {', '.join(map(str, self.full_shape))}) or (batch, {self.numel}), got "
             f"{tuple(x.shape)}; add a leading batch dimension for a single sample"
@@ -224,7 +226,7 @@ class MLP(nn.Module):
         if x.ndim > 2:
             x = x.flatten(1)
         if x.ndim == 0 or x.shape[-1] != self.widths[0]:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"MLP expects {self.widths[0]} input features per sample, got input of shape "
                 f"{tuple(x.shape)}"
             )
@@ -272,10 +274,10 @@ class SmallCNN(nn.Module):
         kernel_size = _positive_int(kernel_size, "kernel_size")
         if kernel_size % 2 == 0:
             # Symmetric "same" padding needs an odd kernel; even kernels would grow the input.
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+            raise ArgumentValueError(f"kernel_size must be odd, got {kernel_size}")
         stride = _positive_int(stride, "stride")
         if pool not in ("avg", "flatten"):
-            raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
+            raise ArgumentValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
         make_activation(activation)
         self.pool = pool
         self.activation = activation
@@ -365,7 +367,8 @@ class SmallResNet(nn.Module):
         self.width = _positive_int(width, "width")
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, numbers.Integral) \
                 or num_blocks < 0:
-            raise ValueError(f"num_blocks must be a non-negative integer, got {num_blocks!r}")
+            raise ArgumentValueError(
+                f"num_blocks must be a non-negative integer, got {num_blocks!r}")
         make_activation(activation)
         self.activation = activation
         self.batch_norm = bool(batch_norm)

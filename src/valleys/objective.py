@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.losses import LossFn, check_targets, resolve_loss
 
 __all__ = ["Objective"]
@@ -111,7 +112,7 @@ class Objective:
         from valleys import distributed as vdist
 
         if not vdist.is_initialized():
-            raise ValueError(
+            raise ArgumentValueError(
                 "distributed=True needs an initialized torch.distributed process group: launch "
                 "with torchrun and call valleys.distributed.init() (or "
                 "torch.distributed.init_process_group) before building the Objective"
@@ -126,12 +127,13 @@ class Objective:
 
     def _build(self, model, loss, data, chunk_size, params, allow_train_mode) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if chunk_size is not None and (
             not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool)
             or chunk_size <= 0
         ):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+            raise ArgumentValueError(
+                f"chunk_size must be a positive integer or None, got {chunk_size!r}")
         chunk_size = None if chunk_size is None else int(chunk_size)
         if not allow_train_mode:
             _refuse_train_mode(model)
@@ -146,13 +148,13 @@ class Objective:
         dtypes = {p.dtype for p in variable}
         devices = {p.device for p in variable}
         if len(dtypes) > 1 or len(devices) > 1:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"all parameters of θ must share one dtype and device, found {dtypes} on "
                 f"{devices}; convert the model with model.to(dtype, device)"
             )
         self.dtype = variable[0].dtype
         if not self.dtype.is_floating_point:
-            raise TypeError(f"parameters must be floating point, got {self.dtype}")
+            raise ArgumentTypeError(f"parameters must be floating point, got {self.dtype}")
         self.device = variable[0].device
         if self.distributed:
             from valleys import distributed as vdist
@@ -197,20 +199,20 @@ class Objective:
         sizes = [int(v) for v in gathered[:, 1]]
         empty = [r for r, size in enumerate(sizes) if size == 0]
         if empty:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"the data shard of rank(s) {empty} is empty (shard sizes {sizes}); give every "
                 "rank at least one sample, e.g. with valleys.distributed.shard(X, Y)"
             )
         layouts = {tuple(row.tolist()) for row in gathered[:, 3:5]}
         if len(layouts) > 1:
-            raise ValueError(
+            raise ArgumentValueError(
                 "the ranks' models differ in parameter count or dtype (dim, dtype code per rank: "
                 f"{gathered[:, 3:5].tolist()}); build the same model on every rank"
             )
         fingerprints = gathered[:, 5]
         spread = float((fingerprints - fingerprints[0]).abs().max())
         if spread > 1e-6 * (float(fingerprints.abs().max()) + 1e-12):
-            raise ValueError(
+            raise ArgumentValueError(
                 "the model's parameters differ across ranks; copy rank 0's with "
                 "valleys.distributed.broadcast_parameters(model) (DistributedDataParallel does "
                 "this when it wraps the model) or seed the model's construction identically"
@@ -247,7 +249,7 @@ class Objective:
     def require_single_process(self, caller: str) -> None:
         """Refuse a sharded objective in ``caller``, which needs all per-sample data at once."""
         if self.distributed:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{caller} needs every sample's data in one process (per-sample Jacobians, "
                 "Hessians or Gram matrices), so it does not accept a distributed Objective; use "
                 "the operator path (valleys.stability.stability_analysis, valleys.nonuniformity), "
@@ -278,7 +280,7 @@ class Objective:
         """Concatenate named tensors (same layout as θ) into a flat vector."""
         missing = [k for k in self.names if k not in named]
         if missing:
-            raise ValueError(f"missing parameters {missing[:3]} to flatten")
+            raise ArgumentValueError(f"missing parameters {missing[:3]} to flatten")
         return torch.cat([named[k].reshape(-1) for k in self.names])
 
     def set_parameters(self, theta: torch.Tensor) -> None:
@@ -291,14 +293,14 @@ class Objective:
     def check_vector(self, theta: torch.Tensor, what: str = "θ") -> None:
         """Raise a clear error unless ``theta`` is a flat vector of this objective's layout."""
         if not isinstance(theta, torch.Tensor):
-            raise TypeError(f"{what} must be a torch tensor, got {type(theta).__name__}")
+            raise ArgumentTypeError(f"{what} must be a torch tensor, got {type(theta).__name__}")
         if theta.shape != (self.dim,):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{what} must be a flat vector of shape ({self.dim},), got {tuple(theta.shape)}; "
                 "use Objective.flatten / parameters_vector to build one"
             )
         if theta.dtype != self.dtype:
-            raise TypeError(f"{what} has dtype {theta.dtype}, the model uses {self.dtype}")
+            raise ArgumentTypeError(f"{what} has dtype {theta.dtype}, the model uses {self.dtype}")
 
     def resolve_theta(self, theta: torch.Tensor | None) -> torch.Tensor:
         """``theta`` checked and on the right device, or a copy of the current parameters."""
@@ -357,13 +359,13 @@ class Objective:
     def batch(self, indices: torch.Tensor) -> Batch:
         """The samples ``indices`` as ``(X, Y)`` on the parameters' device (tensor data only)."""
         if self.distributed:
-            raise ValueError(
+            raise ArgumentValueError(
                 "a sharded objective holds only this rank's samples, so it cannot return a "
                 "mini-batch by global index; use batch_loss_and_gradient(theta, indices), which "
                 "sums each rank's part of the batch over ranks"
             )
         if self._tensors is None:
-            raise ValueError(
+            raise ArgumentValueError(
                 "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
                 "was built from an iterable of batches"
             )
@@ -383,7 +385,7 @@ class Objective:
         """
         leaf = self.resolve_theta(theta).detach().requires_grad_(True)
         if self._tensors is None:
-            raise ValueError(
+            raise ArgumentValueError(
                 "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
                 "was built from an iterable of batches"
             )
@@ -423,8 +425,9 @@ class Objective:
         for index, (X, Y) in enumerate(batches):
             _check_batch(X, Y, self.dtype)
             if X.shape[0] == 0 and self._tensors is None:
-                raise ValueError(f"batch {index} of the data is empty; drop empty batches (e.g. "
-                                 "a DataLoader with drop_last=True, or filter them out)")
+                raise ArgumentValueError(
+                    f"batch {index} of the data is empty; drop empty batches (e.g. "
+                    "a DataLoader with drop_last=True, or filter them out)")
             self._num_chunks += -(-X.shape[0] // (self.chunk_size or max(X.shape[0], 1)))
             if self._tensors is None:
                 step = self.chunk_size or X.shape[0]
@@ -453,7 +456,7 @@ class Objective:
                 if self.loss_name not in ("mse", "ce"):
                     value = self.loss_fn(out, Y[:2].to(self.device))
                     if value.shape != (out.shape[0],):
-                        raise ValueError(
+                        raise ArgumentValueError(
                             "a custom loss must return per-sample losses of shape (batch,), got "
                             f"{tuple(value.shape)}; use reduction='none' and sum over outputs"
                         )
@@ -463,12 +466,14 @@ class Objective:
                 # otherwise fail as an IndexError in the middle of a computation.
                 low, high = int(Y.min()), int(Y.max())
                 if low < 0 or high >= classes:
-                    raise ValueError(f"batch {index}: class labels must lie in [0, {classes}) "
-                                     f"for a model with {classes} outputs, got labels in "
-                                     f"[{low}, {high}]")
+                    raise ArgumentValueError(
+                        f"batch {index}: class labels must lie in [0, {classes}) "
+                        f"for a model with {classes} outputs, got labels in "
+                        f"[{low}, {high}]")
             n += X.shape[0]
         if n == 0 and not self.distributed:  # a sharded objective checks all shards at once
-            raise ValueError("the data set is empty; an objective needs at least one sample")
+            raise ArgumentValueError(
+                "the data set is empty; an objective needs at least one sample")
         self._batch_sizes = tuple(sizes)
         self._fingerprint = (
             torch.stack(checksums).to(self.device)
@@ -498,14 +503,14 @@ class Objective:
             return not torch.allclose(a, b, rtol=rtol, atol=rtol * scale)
 
         if differ(first, again):
-            raise ValueError(
+            raise ArgumentValueError(
                 "the model gives different outputs for the same inputs and parameters (dropout "
                 "or RReLU active in forward, e.g. F.dropout(..., training=True)?), so losses "
                 "and curvature would be random; make forward deterministic, or pass "
                 "allow_train_mode=True to accept it"
             )
         if differ(first, split):
-            raise ValueError(
+            raise ArgumentValueError(
                 "the model's outputs depend on which samples share a batch (batch statistics, "
                 "e.g. BatchNorm or InstanceNorm with track_running_stats=False), so results "
                 "would depend on chunking; use running statistics, or pass "
@@ -578,7 +583,7 @@ class Objective:
         def correct(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
             out = self.forward(theta, X)
             if out.ndim != 2 or out.shape[1] < 2:
-                raise ValueError("accuracy needs outputs of shape (batch, classes)")
+                raise ArgumentValueError("accuracy needs outputs of shape (batch, classes)")
             labels = Y if not Y.is_floating_point() else Y.argmax(dim=1)
             return (out.argmax(dim=1) == labels).sum()
 
@@ -623,16 +628,18 @@ def _check_indices(indices: object, n: int) -> torch.Tensor:
     try:
         idx = torch.as_tensor(indices)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"indices must be a 1-D integer tensor, got {indices!r}") from error
+        raise ArgumentTypeError(f"indices must be a 1-D integer tensor, got {indices!r}") from error
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-        raise TypeError(f"indices must be integers (a long tensor), got dtype {idx.dtype}")
+        raise ArgumentTypeError(f"indices must be integers (a long tensor), got dtype {idx.dtype}")
     if idx.ndim != 1 or idx.numel() == 0:
-        raise ValueError(f"indices must be a non-empty 1-D tensor (a mini-batch needs at least one "
-                         f"index), got shape {tuple(idx.shape)}")
+        raise ArgumentValueError(
+            f"indices must be a non-empty 1-D tensor (a mini-batch needs at least one "
+            f"index), got shape {tuple(idx.shape)}")
     low, high = int(idx.min()), int(idx.max())
     if low < 0 or high >= n:
-        raise ValueError(f"indices must lie in [0, {n}) (the number of samples), got values in "
-                         f"[{low}, {high}]; negative indices are not wrapped")
+        raise ArgumentValueError(
+            f"indices must lie in [0, {n}) (the number of samples), got values in "
+            f"[{low}, {high}]; negative indices are not wrapped")
     return idx.long()
 
 
@@ -643,7 +650,7 @@ def _refuse_train_mode(model: nn.Module) -> None:
         if m.training and isinstance(m, _STOCHASTIC_IN_TRAIN)
     ]
     if offenders:
-        raise ValueError(
+        raise ArgumentValueError(
             f"the model is in train mode with stochastic or batch-dependent modules "
             f"({', '.join(offenders[:3])}{', ...' if len(offenders) > 3 else ''}), so curvature "
             "operators would not be deterministic. Call model.eval() first (valleys never does it "
@@ -655,7 +662,7 @@ def _select_parameters(named: dict[str, nn.Parameter], patterns: Sequence[str] |
     if patterns is None:
         names = [k for k, p in named.items() if p.requires_grad]
         if not names:
-            raise ValueError("the model has no parameters with requires_grad=True")
+            raise ArgumentValueError("the model has no parameters with requires_grad=True")
         return names
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -663,7 +670,7 @@ def _select_parameters(named: dict[str, nn.Parameter], patterns: Sequence[str] |
     for pattern in patterns:
         hits = [k for k in named if fnmatch.fnmatchcase(k, pattern)]
         if not hits:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"parameter pattern {pattern!r} matches none of the model's parameters "
                 f"{list(named)[:6]}{' ...' if len(named) > 6 else ''}"
             )
@@ -686,19 +693,20 @@ def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
     ):
         return (data[0], data[1]), None
     if isinstance(data, torch.Tensor):
-        raise TypeError("data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches")
+        raise ArgumentTypeError(
+            "data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches")
     if isinstance(data, tuple | list) and len(data) == 2 and all(
         type(t).__module__ == "numpy" for t in data
     ):
-        raise TypeError("data is a pair of NumPy arrays; convert them first, e.g. "
-                        "(torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y))")
+        raise ArgumentTypeError("data is a pair of NumPy arrays; convert them first, e.g. "
+                                "(torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y))")
     if isinstance(data, Iterator):
-        raise TypeError(
+        raise ArgumentTypeError(
             "data is a one-shot iterator (e.g. a generator); curvature solvers pass over the data "
             "many times, so give a list of batches or a DataLoader instead"
         )
     if not isinstance(data, Iterable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches, got "
             f"{type(data).__name__}"
         )
@@ -709,17 +717,17 @@ def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
                        torch.utils.data.WeightedRandomSampler)
     if isinstance(sampler, random_samplers) or isinstance(inner, random_samplers):
         kind = type(sampler if isinstance(sampler, random_samplers) else inner).__name__
-        raise ValueError(
+        raise ArgumentValueError(
             f"the DataLoader draws its samples at random ({kind}, e.g. shuffle=True); the "
             "objective must see the same data on every pass, so build it with shuffle=False "
             "and a sequential sampler, or pass the data as tensors (X, Y)"
         )
     if getattr(data, "drop_last", False):
-        raise ValueError("the DataLoader has drop_last=True, which silently drops samples")
+        raise ArgumentValueError("the DataLoader has drop_last=True, which silently drops samples")
     if isinstance(sampler, torch.utils.data.DistributedSampler) and (
         sampler.drop_last or sampler.total_size != len(sampler.dataset)
     ):
-        raise ValueError(
+        raise ArgumentValueError(
             "the DataLoader's DistributedSampler pads or drops samples to give every rank the same "
             f"number ({len(sampler.dataset)} samples, {sampler.total_size} after padding), "
             "which would count some twice; give each rank a contiguous shard instead "
@@ -784,7 +792,7 @@ class _BatchIterable:
     def __iter__(self) -> Iterator[Batch]:
         for item in self.batches:
             if not (isinstance(item, tuple | list) and len(item) == 2):
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"each batch must be a pair (X, Y) of tensors, got {type(item).__name__}"
                 )
             yield item[0], item[1]
@@ -792,19 +800,20 @@ class _BatchIterable:
 
 def _check_batch(X: torch.Tensor, Y: torch.Tensor, dtype: torch.dtype) -> None:
     if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
-        raise TypeError("inputs and targets must be torch tensors")
+        raise ArgumentTypeError("inputs and targets must be torch tensors")
     if X.ndim == 0 or Y.ndim == 0 or X.shape[0] != Y.shape[0]:
-        raise ValueError(
+        raise ArgumentValueError(
             f"inputs and targets must have the same number of samples along dim 0, got "
             f"X{tuple(X.shape)} and Y{tuple(Y.shape)}"
         )
     if X.is_floating_point() and X.dtype != dtype:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"inputs are {X.dtype} but the model's parameters are {dtype}; convert one of them "
             f"(X.to({dtype}) or model.to({X.dtype}))"
         )
     if Y.is_floating_point() and Y.dtype != dtype:
-        raise TypeError(f"targets are {Y.dtype} but the model's parameters are {dtype}")
+        raise ArgumentTypeError(f"targets are {Y.dtype} but the model's parameters are {dtype}")
     for name, t in (("inputs", X), ("targets", Y)):
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"the {name} contain NaN or infinite values; clean the data first")
+            raise ArgumentValueError(
+                f"the {name} contain NaN or infinite values; clean the data first")

@@ -32,6 +32,7 @@ from torch import nn
 
 from valleys import data as datasets
 from valleys._checks import available_device, writable_folder
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.losses import resolve_loss
 from valleys.models import MLP
 from valleys.objective import Objective
@@ -122,7 +123,7 @@ class Problem:
         of the initialized process group (see :mod:`valleys.distributed`).
         """
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise ArgumentValueError(f"split must be 'train' or 'test', got {split!r}")
         data = getattr(self.data, split)
         if distributed:
             from valleys.distributed import shard
@@ -157,16 +158,16 @@ def load_problem(
         cache_dir: checkpoint folder (default ``$VALLEYS_CACHE_DIR`` or ``~/.cache/valleys``).
     """
     if not isinstance(name, str) or name not in PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; choose one of {sorted(PROBLEMS)}")
+        raise ArgumentValueError(f"unknown problem {name!r}; choose one of {sorted(PROBLEMS)}")
     # Checked before any training: a bad device or dtype should cost nothing.
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float64, got "
-                        f"{dtype!r}")
+        raise ArgumentTypeError(f"dtype must be a floating torch.dtype such as torch.float64, got "
+                                f"{dtype!r}")
     if device is not None:
         available_device(device)
     spec = PROBLEMS[name]
     if num_samples is not None and spec.dataset is not datasets.load_mnist1d:
-        raise ValueError(f"num_samples applies to MNIST-1D problems only, not {name!r}")
+        raise ArgumentValueError(f"num_samples applies to MNIST-1D problems only, not {name!r}")
     model = MLP(spec.widths, activation=spec.activation, seed=seed).eval()
     checkpoint, history = None, {}
     if trained:

@@ -4,7 +4,7 @@ Following Zhou, Feng, Ma, Xiong, Hoi & E ("Towards theoretically understanding w
 generalizes better than Adam in deep learning", NeurIPS 2020) and Şimşekli et al. (ICML 2019):
 
 * **SGD-like**: ``dθ = −∇F(θ) dt + ε Σ dL^α_t`` with ``L^α`` an α-stable Lévy motion
-  (independent coordinates or rotationally invariant, :mod:`valleys.noise.stable`) and ``Σ`` a
+  (independent coordinates or rotationally invariant, :mod:`valleys.noise._stable`) and ``Σ`` a
   diagonal or full scale (anisotropy). Euler–Maruyama: ``θ ← θ − ∇F(θ) Δt + ε Δt^{1/α} Σ S``
   with ``S`` standard α-stable (``L^α_{t+Δt} − L^α_t`` has the law of ``Δt^{1/α} S``).
   With ``α = 2`` the increments are ``N(0, 2Δt)``: ``dθ = −∇F dt + ε√2 dW``, i.e. overdamped
@@ -43,7 +43,8 @@ from typing import Any
 import torch
 
 from valleys._records import record_to_dict
-from valleys.noise.stable import isotropic_stable, stable_rvs
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+from valleys.noise._stable import isotropic_stable, stable_rvs
 
 __all__ = [
     "AdamLike",
@@ -78,9 +79,10 @@ class DoubleWell:
         for name in ("width_left", "depth_left", "width_right", "depth_right"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"DoubleWell.{name} must be a positive number, got {value!r}")
+                raise ArgumentValueError(
+                    f"DoubleWell.{name} must be a positive number, got {value!r}")
         if any(k <= 0 for k in self.stiffness):
-            raise ValueError(f"stiffness values must be positive, got {self.stiffness}")
+            raise ArgumentValueError(f"stiffness values must be positive, got {self.stiffness}")
 
     @property
     def dim(self) -> int:
@@ -126,22 +128,23 @@ def levy_constant(alpha: float) -> float:
     """``c_α = Γ(1+α) sin(πα/2)/π``: the Lévy measure of ``S_α(1,0,0)`` is ``c_α|y|^{−1−α}dy``."""
     if (isinstance(alpha, bool) or not isinstance(alpha, numbers.Real)
             or not 0 < alpha <= 2):
-        raise ValueError(f"the stability index α must lie in (0, 2], got {alpha!r}")
+        raise ArgumentValueError(f"the stability index α must lie in (0, 2], got {alpha!r}")
     return math.gamma(1.0 + alpha) * math.sin(math.pi * alpha / 2.0) / math.pi
 
 
 def levy_exit_time(alpha: float, epsilon: float, distances: tuple[float, float]) -> float:
     """Small-noise mean exit time ``1/(ε^α m(W))``, ``m(W) = (c_α/α) Σ d^{−α}`` (α < 2)."""
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 2:
-        raise ValueError(f"the Lévy exit-time law needs 0 < α < 2, got {alpha!r}")
+        raise ArgumentValueError(f"the Lévy exit-time law needs 0 < α < 2, got {alpha!r}")
     if (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)
             or not (math.isfinite(epsilon) and epsilon > 0)):
-        raise ValueError(f"epsilon (the noise scale) must be a positive finite number, got "
-                         f"{epsilon!r}")
+        raise ArgumentValueError(f"epsilon (the noise scale) must be a positive finite number, got "
+                                 f"{epsilon!r}")
     if not all(isinstance(d, numbers.Real) and not isinstance(d, bool)
                and math.isfinite(d) and d > 0 for d in distances):
-        raise ValueError(f"distances must be the positive finite distances from the minimum to "
-                         f"the two ends of the basin, got {distances!r}")
+        raise ArgumentValueError(
+            f"distances must be the positive finite distances from the minimum to "
+            f"the two ends of the basin, got {distances!r}")
     measure = levy_constant(alpha) / alpha * sum(d ** (-alpha) for d in distances)
     return 1.0 / (epsilon**alpha * measure)
 
@@ -163,7 +166,7 @@ class AdamLike:
 
     def __post_init__(self) -> None:
         if self.beta1 <= 0 or self.beta2 <= 0 or self.delta < 0:
-            raise ValueError("AdamLike needs beta1 > 0, beta2 > 0 and delta >= 0")
+            raise ArgumentValueError("AdamLike needs beta1 > 0, beta2 > 0 and delta >= 0")
 
 
 class _Noise:
@@ -171,7 +174,7 @@ class _Noise:
 
     def __init__(self, alpha, epsilon, dt, dim, kind, scale, generator, dtype, device):
         if kind not in ("independent", "isotropic"):
-            raise ValueError(f"noise must be 'independent' or 'isotropic', got {kind!r}")
+            raise ArgumentValueError(f"noise must be 'independent' or 'isotropic', got {kind!r}")
         self.alpha, self.kind, self.dim = alpha, kind, dim
         self.generator, self.dtype, self.device = generator, dtype, device
         self.factor = epsilon * dt ** (1.0 / alpha)
@@ -180,7 +183,7 @@ class _Noise:
         if scale is not None:
             s = torch.as_tensor(scale, dtype=dtype, device=device)
             if s.shape not in ((dim,), (dim, dim)):
-                raise ValueError(
+                raise ArgumentValueError(
                     f"scale must be a vector ({dim},) or a matrix ({dim}, {dim}), got "
                     f"{tuple(s.shape)}"
                 )
@@ -223,11 +226,11 @@ class _Noise:
 
 def _check_common(alpha, epsilon, dt) -> None:
     if not isinstance(alpha, numbers.Real) or not 0 < alpha <= 2:
-        raise ValueError(f"alpha must lie in (0, 2], got {alpha!r}")
+        raise ArgumentValueError(f"alpha must lie in (0, 2], got {alpha!r}")
     if not isinstance(epsilon, numbers.Real) or epsilon < 0:
-        raise ValueError(f"epsilon must be a non-negative number, got {epsilon!r}")
+        raise ArgumentValueError(f"epsilon must be a non-negative number, got {epsilon!r}")
     if not isinstance(dt, numbers.Real) or not dt > 0:
-        raise ValueError(f"dt must be a positive number, got {dt!r}")
+        raise ArgumentValueError(f"dt must be a positive number, got {dt!r}")
 
 
 class _Stepper:
@@ -250,7 +253,8 @@ class _Stepper:
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         g = self.grad(theta)
         if g.shape != theta.shape:
-            raise ValueError(f"grad returned shape {tuple(g.shape)} for θ of {tuple(theta.shape)}")
+            raise ArgumentValueError(
+                f"grad returned shape {tuple(g.shape)} for θ of {tuple(theta.shape)}")
         xi = self.noise(theta.shape[0])
         if self.adam is None:
             return theta - self.dt * g + xi
@@ -298,15 +302,16 @@ def simulate(
     """
     _check_common(alpha, epsilon, dt)
     if not isinstance(theta0, torch.Tensor) or theta0.ndim != 2:
-        raise ValueError("theta0 must be a tensor of shape (paths, dim)")
+        raise ArgumentValueError("theta0 must be a tensor of shape (paths, dim)")
     if not theta0.dtype.is_floating_point:
-        raise TypeError(f"theta0 must be floating point, got {theta0.dtype}")
+        raise ArgumentTypeError(f"theta0 must be floating point, got {theta0.dtype}")
     if not bool(torch.isfinite(theta0).all()):
-        raise ValueError("theta0 contains NaN or infinite values; start from finite states")
+        raise ArgumentValueError("theta0 contains NaN or infinite values; start from finite states")
     if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        raise ArgumentValueError(f"steps must be a non-negative integer, got {steps!r}")
     if record_every is not None and (not isinstance(record_every, int) or record_every < 1):
-        raise ValueError(f"record_every must be a positive integer or None, got {record_every!r}")
+        raise ArgumentValueError(
+            f"record_every must be a positive integer or None, got {record_every!r}")
     theta = theta0.detach().clone()
     shaper = _Noise(alpha, epsilon, dt, theta.shape[1], noise, scale, generator, theta.dtype,
                     theta.device)
@@ -379,14 +384,14 @@ def exit_times(
     """
     _check_common(alpha, epsilon, dt)
     if not isinstance(start, torch.Tensor) or start.ndim != 1 or not start.dtype.is_floating_point:
-        raise ValueError("start must be a 1-D floating tensor (one point in R^d)")
+        raise ArgumentValueError("start must be a 1-D floating tensor (one point in R^d)")
     low, high = float(basin[0]), float(basin[1])
     if not low < float(start[0]) < high:
-        raise ValueError(f"start[0] = {float(start[0])} is not inside the basin {basin}")
+        raise ArgumentValueError(f"start[0] = {float(start[0])} is not inside the basin {basin}")
     if not isinstance(num_paths, int) or num_paths < 1:
-        raise ValueError(f"num_paths must be a positive integer, got {num_paths!r}")
+        raise ArgumentValueError(f"num_paths must be a positive integer, got {num_paths!r}")
     if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        raise ArgumentValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     started = time.perf_counter()
     generator = torch.Generator(device=start.device).manual_seed(seed)
     theta = start.detach().expand(num_paths, -1).clone()

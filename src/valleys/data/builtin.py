@@ -25,6 +25,7 @@ from valleys.data._validation import (
     _split_sizes,
 )
 from valleys.data.dataset import Dataset
+from valleys.errors import ArgumentValueError
 
 
 def load_digits(
@@ -130,7 +131,7 @@ def load_mnist1d(
     """
     num_samples = _check_int(num_samples, "num_samples")
     if num_samples % 10 != 0:
-        raise ValueError(
+        raise ArgumentValueError(
             f"num_samples must be a multiple of 10 (MNIST-1D has the same number of samples in "
             f"each of its 10 classes), got {num_samples}; use {max(10, num_samples // 10 * 10)}"
         )

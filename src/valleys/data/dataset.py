@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from valleys.data._validation import Device, _check_float_dtype
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 
 def _move(t: torch.Tensor | None, device: Device, dtype: torch.dtype | None) -> torch.Tensor | None:
@@ -50,17 +51,17 @@ class Dataset:
         # values, label ranges) with messages that name the offending argument.
         for attr in ("X_train", "y_train"):
             if not isinstance(getattr(self, attr), torch.Tensor):
-                raise TypeError(f"Dataset.{attr} must be a torch.Tensor")
+                raise ArgumentTypeError(f"Dataset.{attr} must be a torch.Tensor")
         if (self.X_test is None) != (self.y_test is None):
-            raise ValueError("Dataset needs both X_test and y_test, or neither")
+            raise ArgumentValueError("Dataset needs both X_test and y_test, or neither")
         pairs = [("train", self.X_train, self.y_train)]
         if self.X_test is not None:
             pairs.append(("test", self.X_test, self.y_test))
         for split, X, y in pairs:
             if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
-                raise TypeError(f"Dataset {split} inputs and targets must be torch.Tensors")
+                raise ArgumentTypeError(f"Dataset {split} inputs and targets must be torch.Tensors")
             if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
-                raise ValueError(
+                raise ArgumentValueError(
                     f"Dataset {split} split: X and y must have the same first dimension, got "
                     f"shapes {tuple(X.shape)} and {tuple(y.shape)}"
                 )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from valleys.data._validation import PathLike
+from valleys.errors import ArgumentValueError
 
 # IDX type codes -> big-endian NumPy dtypes.
 _IDX_DTYPES = {
@@ -52,27 +53,27 @@ def read_idx(path: PathLike) -> torch.Tensor:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{str(path)!r} looks gzip-compressed (by its name or first bytes) but could "
                 f"not be decompressed: {err}"
             ) from err
     if len(raw) < 4:
-        raise ValueError(f"{str(path)!r} is too short ({len(raw)} bytes) to be an IDX file")
+        raise ArgumentValueError(f"{str(path)!r} is too short ({len(raw)} bytes) to be an IDX file")
     if raw[0] != 0 or raw[1] != 0:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{str(path)!r} has bad magic number 0x{raw[:4].hex()}: an IDX file starts with two "
             f"zero bytes, a type code and the number of dimensions (e.g. 0x00000803 for MNIST "
             f"images, 0x00000801 for labels)"
         )
     code, ndim = raw[2], raw[3]
     if code not in _IDX_DTYPES:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{str(path)!r} has unknown IDX type code 0x{code:02x}; expected one of "
             f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{str(path)!r} is truncated: its header announces {ndim} dimensions but the file "
             f"has only {len(raw)} bytes"
         )
@@ -80,7 +81,7 @@ def read_idx(path: PathLike) -> torch.Tensor:
     dtype = _IDX_DTYPES[code]
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{str(path)!r} holds {len(raw) - header} data bytes but its header announces shape "
             f"{shape} of {dtype.name} ({expected} bytes); the file is truncated or corrupt"
         )
@@ -110,17 +111,17 @@ def load_idx(
     """
     images = read_idx(images_path)
     if images.ndim == 0:
-        raise ValueError(f"{str(images_path)!r} holds a scalar, not a stack of samples")
+        raise ArgumentValueError(f"{str(images_path)!r} holds a scalar, not a stack of samples")
     if labels_path is None:
         return images, None
     labels = read_idx(labels_path)
     if labels.is_floating_point() or labels.ndim != 1:
-        raise ValueError(
+        raise ArgumentValueError(
             f"labels file {str(labels_path)!r} must hold a 1-D array of integers, got "
             f"{labels.dtype} of shape {tuple(labels.shape)}"
         )
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{images.shape[0]} images in {str(images_path)!r} but {labels.shape[0]} labels in "
             f"{str(labels_path)!r}; did you pair the train images with the test labels?"
         )

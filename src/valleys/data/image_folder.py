@@ -21,6 +21,7 @@ from valleys.data._validation import (
     _split_sizes,
 )
 from valleys.data.dataset import Dataset
+from valleys.errors import ArgumentValueError
 
 #: File suffixes :func:`load_image_folder` treats as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -43,7 +44,7 @@ def _check_size(size: Any) -> tuple[int, int] | None:
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size, size)
     if not isinstance(size, Sequence) or len(size) != 2:
-        raise ValueError(f"size must be None, an int or a pair (H, W), got {size!r}")
+        raise ArgumentValueError(f"size must be None, an int or a pair (H, W), got {size!r}")
     return _check_int(size[0], "size[0] (height)"), _check_int(size[1], "size[1] (width)")
 
 
@@ -110,7 +111,7 @@ def load_image_folder(
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(
+        raise ArgumentValueError(
             f"no class directories in {str(root)!r}; expected one sub-folder per class "
             f"(root/<class>/<image>.png)"
         )
@@ -129,7 +130,7 @@ def load_image_folder(
         files.extend(found)
         labels.extend([label] * len(found))
     if empty:
-        raise ValueError(
+        raise ArgumentValueError(
             f"no images with suffixes {list(exts)} in class folder(s) {empty} of "
             f"{str(root)!r}; remove the empty folders or add images"
         )
@@ -141,7 +142,7 @@ def load_image_folder(
         try:
             with Image.open(path) as im:
                 if im.mode.startswith(("I", "F")):
-                    raise ValueError(
+                    raise ArgumentValueError(
                         f"image {str(path)!r} has mode {im.mode!r} (more than 8 bits per "
                         f"channel), which is not supported; convert it to 8-bit first"
                     )
@@ -149,7 +150,7 @@ def load_image_folder(
                     if first_size is None:
                         first_size = im.size
                     elif im.size != first_size:
-                        raise ValueError(
+                        raise ArgumentValueError(
                             f"images differ in size: {str(files[0])!r} is "
                             f"{first_size[1]}x{first_size[0]} (HxW) but {str(path)!r} is "
                             f"{im.size[1]}x{im.size[0]}; pass size=(H, W) to resize them"
@@ -160,7 +161,7 @@ def load_image_folder(
                     im = im.resize((target_size[1], target_size[0]), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"could not read image {str(path)!r}: {err}") from err
+            raise ArgumentValueError(f"could not read image {str(path)!r}: {err}") from err
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
 
     X = torch.from_numpy(np.stack(arrays)).to(dtype=dtype).div_(255.0)

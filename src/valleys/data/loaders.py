@@ -14,52 +14,57 @@ import torch
 
 from valleys.data._validation import Device, _check_float_dtype, _check_int
 from valleys.data.dataset import Dataset, _move
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 
 def _validate_split(X: Any, y: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Check one (X, y) pair and normalize integer labels to int64."""
     for arg, value in (("X", X), ("y", y)):
         if not isinstance(value, torch.Tensor):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{where}: {arg} must be a torch.Tensor, got {type(value).__name__}; convert it "
                 f"with torch.as_tensor({arg})"
             )
     if X.ndim == 0 or y.ndim == 0:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{where}: X and y need a leading sample dimension, got shapes {tuple(X.shape)} and "
             f"{tuple(y.shape)}"
         )
     if X.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{where}: X and y must have the same number of samples (first dimension), got "
             f"{X.shape[0]} and {y.shape[0]}"
         )
     if X.shape[0] == 0:
-        raise ValueError(f"{where}: the data are empty (0 samples); pass at least one sample")
+        raise ArgumentValueError(
+            f"{where}: the data are empty (0 samples); pass at least one sample")
     if not X.is_floating_point():
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{where}: X must be a floating tensor, got {X.dtype}; convert it, e.g. X.float() "
             f"(and rescale 8-bit images with X.float() / 255)"
         )
     if not torch.isfinite(X).all():
-        raise ValueError(f"{where}: X contains NaN or infinite values; clean or impute them first")
+        raise ArgumentValueError(
+            f"{where}: X contains NaN or infinite values; clean or impute them first")
     if y.dtype == torch.bool or y.is_complex():
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{where}: y has dtype {y.dtype}; use int64 class indices (y.long()) or floating "
             f"regression targets (y.float())"
         )
     if y.is_floating_point():
         if not torch.isfinite(y).all():
-            raise ValueError(f"{where}: y contains NaN or infinite values; clean them first")
+            raise ArgumentValueError(
+                f"{where}: y contains NaN or infinite values; clean them first")
     else:
         if y.ndim != 1:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{where}: integer targets are class indices and must have shape (n,), got "
                 f"{tuple(y.shape)}; pass a floating tensor for multi-output regression targets"
             )
         y = y.long()
         if (y < 0).any():
-            raise ValueError(f"{where}: class labels must be >= 0, got minimum {int(y.min())}")
+            raise ArgumentValueError(
+                f"{where}: class labels must be >= 0, got minimum {int(y.min())}")
     return X, y
 
 
@@ -74,22 +79,22 @@ def _assemble(
     info: dict[str, Any] | None = None,
 ) -> Dataset:
     if not isinstance(name, str):
-        raise TypeError(f"name must be a string, got {type(name).__name__}")
+        raise ArgumentTypeError(f"name must be a string, got {type(name).__name__}")
     if dtype is not None:
         _check_float_dtype(dtype)
     X, y = _validate_split(*train, where="train data")
     X_test = y_test = None
     if test is not None:
         if not isinstance(test, Sequence) or len(test) != 2:
-            raise TypeError("test must be a pair (X_test, y_test) or None")
+            raise ArgumentTypeError("test must be a pair (X_test, y_test) or None")
         X_test, y_test = _validate_split(*test, where="test data")
         if X_test.shape[1:] != X.shape[1:]:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"test inputs have per-sample shape {tuple(X_test.shape[1:])} but training "
                 f"inputs have {tuple(X.shape[1:])}"
             )
         if y_test.is_floating_point() != y.is_floating_point() or y_test.shape[1:] != y.shape[1:]:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"test targets ({y_test.dtype}, per-sample shape {tuple(y_test.shape[1:])}) do "
                 f"not match training targets ({y.dtype}, per-sample shape {tuple(y.shape[1:])})"
             )
@@ -100,12 +105,12 @@ def _assemble(
         if classification:
             top = max(int(t.max()) for t in labels)
             if top >= num_classes:
-                raise ValueError(
+                raise ArgumentValueError(
                     f"num_classes={num_classes} but the labels go up to {top}; labels must lie "
                     f"in [0, num_classes)"
                 )
         elif y.ndim == 2 and y.shape[1] != num_classes:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"num_classes={num_classes} but the float targets have {y.shape[1]} columns; "
                 f"one-hot targets need one column per class"
             )
@@ -164,7 +169,7 @@ def _as_tensor(value: Any, what: str, index: int) -> torch.Tensor:
     try:
         return torch.as_tensor(np.asarray(value) if not np.isscalar(value) else value)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"item {index}: could not convert {what} of type {type(value).__name__} to a tensor "
             f"({err}); give the dataset a transform that returns tensors (e.g. for PIL images)"
         ) from err
@@ -172,12 +177,12 @@ def _as_tensor(value: Any, what: str, index: int) -> torch.Tensor:
 
 def _as_pair(item: Any, index: int, kind: str) -> tuple[Any, Any]:
     if isinstance(item, (str, bytes, Mapping)) or not isinstance(item, Sequence):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{kind} {index} is a {type(item).__name__}, not an (x, y) pair; the dataset must "
             f"yield (input, target) tuples"
         )
     if len(item) != 2:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{kind} {index} has {len(item)} elements, not 2; the dataset must yield "
             f"(input, target) pairs (drop or merge the extra fields first)"
         )
@@ -191,7 +196,7 @@ def _stack_items(items: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = _as_pair(item, i, "item")
         x, y = _as_tensor(x, "x", i), _as_tensor(y, "y", i)
         if xs and (x.shape != xs[0].shape or y.shape != ys[0].shape):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"item {i} has shapes x{tuple(x.shape)}, y{tuple(y.shape)} but item 0 has "
                 f"x{tuple(xs[0].shape)}, y{tuple(ys[0].shape)}; all items must share shapes "
                 f"(resize or pad them in a transform)"
@@ -199,7 +204,7 @@ def _stack_items(items: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         xs.append(x)
         ys.append(y)
     if not xs:
-        raise ValueError("the dataset is empty: it yielded no items")
+        raise ArgumentValueError("the dataset is empty: it yielded no items")
     return torch.stack(xs), torch.stack(ys)
 
 
@@ -210,19 +215,19 @@ def _cat_batches(loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = _as_pair(batch, i, "batch")
         x, y = _as_tensor(x, "x", i), _as_tensor(y, "y", i)
         if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"batch {i}: x{tuple(x.shape)} and y{tuple(y.shape)} do not share a batch "
                 f"dimension"
             )
         if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1:] != ys[0].shape[1:]):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"batch {i} has per-sample shapes x{tuple(x.shape[1:])}, y{tuple(y.shape[1:])} "
                 f"but batch 0 has x{tuple(xs[0].shape[1:])}, y{tuple(ys[0].shape[1:])}"
             )
         xs.append(x)
         ys.append(y)
     if not xs or sum(x.shape[0] for x in xs) == 0:
-        raise ValueError("the data loader is empty: it yielded no samples")
+        raise ArgumentValueError("the data loader is empty: it yielded no samples")
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -237,27 +242,27 @@ def _materialize(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(source, TensorDataset):
         # Fast path: no need to index item by item.
         if len(source.tensors) != 2:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"the TensorDataset holds {len(source.tensors)} tensors, not 2; it must hold "
                 f"exactly (inputs, targets)"
             )
         X, y = source.tensors
         if X.shape[0] == 0:
-            raise ValueError("the dataset is empty: it has no items")
+            raise ArgumentValueError("the dataset is empty: it has no items")
         return X, y
     if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
         n = len(source)
         if n == 0:
-            raise ValueError("the dataset is empty: len(dataset) == 0")
+            raise ArgumentValueError("the dataset is empty: len(dataset) == 0")
         return _stack_items(source[i] for i in range(n))
     if isinstance(source, Iterable) and not isinstance(source, (str, bytes, torch.Tensor)):
         return _stack_items(source)
     if isinstance(source, torch.utils.data.Dataset):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{type(source).__name__} is a map-style dataset without __len__, so it cannot be "
             f"enumerated; implement __len__ or pass a DataLoader over it"
         )
-    raise TypeError(
+    raise ArgumentTypeError(
         f"expected a torch.utils.data.Dataset or DataLoader, got {type(source).__name__}; for "
         f"tensors use from_tensors"
     )

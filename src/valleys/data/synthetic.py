@@ -22,6 +22,7 @@ from valleys.data._validation import (
     _check_seed,
 )
 from valleys.data.dataset import Dataset
+from valleys.errors import ArgumentValueError
 
 _TEACHER_ACTIVATIONS = {
     "tanh": np.tanh,
@@ -80,7 +81,7 @@ def teacher_student(
     teacher_width = _check_int(teacher_width, "teacher_width")
     output_dim = _check_int(output_dim, "output_dim")
     if activation not in _TEACHER_ACTIVATIONS:
-        raise ValueError(
+        raise ArgumentValueError(
             f"unknown teacher activation {activation!r}; choose one of "
             f"{sorted(_TEACHER_ACTIVATIONS)}"
         )
@@ -202,11 +203,12 @@ def gaussian_mixture(
     separation = _check_real(separation, "separation", nonneg=True)
     std = _check_real(std, "std", positive=True)
     if layout not in _MIXTURE_LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {list(_MIXTURE_LAYOUTS)}")
+        raise ArgumentValueError(
+            f"unknown layout {layout!r}; choose one of {list(_MIXTURE_LAYOUTS)}")
     if layout == "circle" and input_dim < 2:
-        raise ValueError("layout='circle' needs input_dim >= 2; use layout='random' in 1-D")
+        raise ArgumentValueError("layout='circle' needs input_dim >= 2; use layout='random' in 1-D")
     if layout == "simplex" and input_dim < num_classes - 1:
-        raise ValueError(
+        raise ArgumentValueError(
             f"layout='simplex' with {num_classes} classes needs input_dim >= {num_classes - 1}, "
             f"got {input_dim}; raise input_dim or use layout='random'"
         )

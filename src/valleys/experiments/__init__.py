@@ -13,6 +13,7 @@ import hashlib
 import importlib
 from pathlib import Path
 
+from valleys.errors import ArgumentValueError
 from valleys.experiments.driver import run
 from valleys.experiments.protocol import Claim, ClaimSpec, Experiment, Figure, judge_seeds, spread
 
@@ -41,7 +42,7 @@ def load_experiment(name: str) -> Experiment:
     """The reproduction registered under ``name`` (its three modules, checked)."""
     if name not in EXPERIMENTS:
         known = ", ".join(sorted(EXPERIMENTS)) or "none yet"
-        raise ValueError(f"unknown experiment {name!r}; available: {known}")
+        raise ArgumentValueError(f"unknown experiment {name!r}; available: {known}")
     package = f"valleys.experiments.{EXPERIMENTS[name]}"
     measure = importlib.import_module(f"{package}.measure")
     figures = importlib.import_module(f"{package}.figures")

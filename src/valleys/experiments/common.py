@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from valleys.errors import ArgumentValueError
+
 __all__ = ["format_cell", "format_spread", "markdown_table", "resolve_preset", "torch_threads"]
 
 P = TypeVar("P")
@@ -20,7 +22,7 @@ def resolve_preset(presets: Mapping[str, P], preset: str | P, preset_type: type)
     if isinstance(preset, preset_type):
         return "custom", preset
     if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+        raise ArgumentValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
     return preset, presets[preset]
 
 

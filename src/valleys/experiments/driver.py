@@ -31,6 +31,7 @@ import torch
 
 from valleys._checks import available_device, writable_folder
 from valleys._records import jsonable
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.experiments.common import format_cell, markdown_table, torch_threads
 from valleys.experiments.output import OutputFolder
 from valleys.experiments.protocol import VERDICTS, Claim, Experiment, Figure
@@ -54,12 +55,12 @@ def _seeds(seeds: Sequence[int] | None, default: Sequence[int]) -> list[int]:
     except TypeError:  # iterable in name only, e.g. a 0-d tensor
         raise bad from None
     if not chosen:
-        raise ValueError("give at least one seed (e.g. --seeds 0,1,2)")
+        raise ArgumentValueError("give at least one seed (e.g. --seeds 0,1,2)")
     for seed in chosen:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"seeds must be non-negative integers, got {seed!r}")
+            raise ArgumentValueError(f"seeds must be non-negative integers, got {seed!r}")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"seeds repeat: {chosen}")
+        raise ArgumentValueError(f"seeds repeat: {chosen}")
     return [int(s) for s in chosen]
 
 
@@ -68,7 +69,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
         return _plain(config.to_dict())
     if dataclasses.is_dataclass(config):
         return _plain(dataclasses.asdict(config))
-    raise TypeError(f"a preset must be a dataclass, got {type(config).__name__}")
+    raise ArgumentTypeError(f"a preset must be a dataclass, got {type(config).__name__}")
 
 
 def _plain(x: Any) -> Any:
@@ -223,18 +224,19 @@ def run(
     if isinstance(experiment, str):
         experiment = load_experiment(experiment)
     elif not isinstance(experiment, Experiment):
-        raise TypeError(f"experiment must be a registered name (valleys reproduce --list) or an "
-                        f"Experiment, got {type(experiment).__name__}")
+        raise ArgumentTypeError(
+            f"experiment must be a registered name (valleys reproduce --list) or an "
+            f"Experiment, got {type(experiment).__name__}")
     if isinstance(preset, str):
         if preset not in experiment.presets:
-            raise ValueError(f"unknown preset {preset!r}; choose one of "
-                             f"{sorted(experiment.presets)}")
+            raise ArgumentValueError(f"unknown preset {preset!r}; choose one of "
+                                     f"{sorted(experiment.presets)}")
         preset_name, config = preset, experiment.presets[preset]
     else:
         expected = type(experiment.presets["quick"])
         if not isinstance(preset, expected):
-            raise TypeError(f"preset must be a name or a {expected.__name__}, got "
-                            f"{type(preset).__name__}")
+            raise ArgumentTypeError(f"preset must be a name or a {expected.__name__}, got "
+                                    f"{type(preset).__name__}")
         preset_name, config = "custom", preset
     default = experiment.seeds.get(preset_name, DEFAULT_SEEDS.get(preset_name, (0,)))
     chosen = _seeds(seeds, default)

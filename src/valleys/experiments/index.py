@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from valleys.errors import ArgumentValueError
 from valleys.experiments.common import format_cell, format_spread, markdown_table
 from valleys.experiments.output import OutputFolder
 from valleys.experiments.protocol import VERDICTS
@@ -29,12 +30,14 @@ def write_index(root: str | Path, *, title: str = "Results of the full presets")
     verdict and a link to the report. Returns the path written."""
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{str(root)!r} is a file, not a folder; give the folder that holds "
-                         "the reproductions' output folders (e.g. results)")
+        raise ArgumentValueError(
+            f"{str(root)!r} is a file, not a folder; give the folder that holds "
+            "the reproductions' output folders (e.g. results)")
     summaries = sorted(root.glob("*/summary.json"))
     if not summaries:
-        raise ValueError(f"no */summary.json under {str(root)!r}; run `valleys reproduce NAME "
-                         f"--out {root}/NAME` first")
+        raise ArgumentValueError(
+            f"no */summary.json under {str(root)!r}; run `valleys reproduce NAME "
+            f"--out {root}/NAME` first")
     runs, claims = [], []
     for path in summaries:
         summary = json.loads(path.read_text(encoding="utf-8"))

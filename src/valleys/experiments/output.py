@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from valleys._records import jsonable
+from valleys.errors import ArgumentValueError
 
 __all__ = ["OutputFolder"]
 
@@ -62,7 +63,8 @@ class OutputFolder:
             problems = figure_problems(fig)
             if problems:
                 plt.close(fig)
-                raise ValueError(f"figure {stem!r} is not fit to publish: " + "; ".join(problems))
+                raise ArgumentValueError(
+                    f"figure {stem!r} is not fit to publish: " + "; ".join(problems))
 
         paths = []
         for suffix in ("png", "svg"):

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from valleys.errors import ArgumentValueError
+
 __all__ = [
     "VERDICTS",
     "Claim",
@@ -153,10 +155,11 @@ class ClaimSpec:
         :func:`judge_seeds`); ``note`` adds a generated clause to the sentence (e.g. why a
         claim was not tested)."""
         if verdict not in VERDICTS:
-            raise ValueError(f"verdict {verdict!r} of claim {self.id!r} is not one of {VERDICTS}")
+            raise ArgumentValueError(
+                f"verdict {verdict!r} of claim {self.id!r} is not one of {VERDICTS}")
         if verdict == "partly" and self.partly is None:
-            raise ValueError(f"claim {self.id!r} defines no 'partly'; its verdict must be "
-                             "agrees, disagrees or not tested")
+            raise ArgumentValueError(f"claim {self.id!r} defines no 'partly'; its verdict must be "
+                                     "agrees, disagrees or not tested")
         sentence = f"**{verdict}**: {_describe(measured)}"
         if note:
             sentence += f"; {note}"

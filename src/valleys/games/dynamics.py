@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.games.spaces import Space, resolve_space
 
 __all__ = ["METHODS", "GameResult", "GameState", "solve"]
@@ -136,7 +137,7 @@ class GameResult:
 def _positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
             or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ArgumentValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
@@ -144,45 +145,47 @@ def _check_weights(w: torch.Tensor | None, n: int, like: torch.Tensor, who: str)
     if w is None:
         return None
     if not isinstance(w, torch.Tensor) or w.shape != (n,):
-        raise ValueError(f"{who} must be a tensor of shape ({n},), one weight per particle")
+        raise ArgumentValueError(f"{who} must be a tensor of shape ({n},), one weight per particle")
     if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
-        raise ValueError(f"{who} must be finite and non-negative")
+        raise ArgumentValueError(f"{who} must be finite and non-negative")
     if abs(float(w.sum()) - 1.0) > 1e-6:
-        raise ValueError(f"{who} must sum to 1 (got {float(w.sum()):.6g}); divide by its sum")
+        raise ArgumentValueError(
+            f"{who} must sum to 1 (got {float(w.sum()):.6g}); divide by its sum")
     return w.to(device=like.device, dtype=like.dtype)
 
 
 def _validate(payoff, x0, y0, method, temperature, steps, lr, seed, options):
     if not callable(payoff):
-        raise TypeError("payoff must be a callable payoff(x, y) -> (n, m) matrix")
+        raise ArgumentTypeError("payoff must be a callable payoff(x, y) -> (n, m) matrix")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        raise ArgumentValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     unknown = set(options) - _OPTIONS
     if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+        raise ArgumentTypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
             or not temperature >= 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        raise ArgumentValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise ArgumentValueError(f"steps must be an integer >= 1, got {steps!r}")
     _positive("lr", lr)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+        raise ArgumentTypeError(f"seed must be an int, got {seed!r}")
     x_space = resolve_space(options.get("x_space", "euclidean"))
     y_space = resolve_space(options.get("y_space", "euclidean"))
     x_space.check(x0, "x0")
     y_space.check(y0, "y0")
     if x0.dtype != y0.dtype or x0.device != y0.device:
-        raise ValueError(f"x0 and y0 must share dtype and device, got {x0.dtype}/{x0.device} "
-                         f"and {y0.dtype}/{y0.device}")
+        raise ArgumentValueError(
+            f"x0 and y0 must share dtype and device, got {x0.dtype}/{x0.device} "
+            f"and {y0.dtype}/{y0.device}")
     if method != "wfr":
         for key in ("x_weights", "y_weights", "mirror_lr", "transport"):
             if options.get(key) is not None:
-                raise ValueError(f"{key} is only used by method='wfr'")
+                raise ArgumentValueError(f"{key} is only used by method='wfr'")
     if method != "quasistatic":
         for key in ("inner_steps", "inner_lr", "slow"):
             if options.get(key) is not None:
-                raise ValueError(f"{key} is only used by method='quasistatic'")
+                raise ArgumentValueError(f"{key} is only used by method='quasistatic'")
     return x_space, y_space
 
 
@@ -199,8 +202,8 @@ def _potential_gradients(payoff: Payoff, x, y, wx, wy, need_x: bool, need_y: boo
         K = payoff(xr, yr)
         if not isinstance(K, torch.Tensor) or K.shape != (x.shape[0], y.shape[0]):
             got = tuple(K.shape) if isinstance(K, torch.Tensor) else type(K).__name__
-            raise ValueError(f"payoff(x, y) must return the ({x.shape[0]}, {y.shape[0]}) "
-                             f"matrix K(x_i, y_j), got {got}")
+            raise ArgumentValueError(f"payoff(x, y) must return the ({x.shape[0]}, {y.shape[0]}) "
+                                     f"matrix K(x_i, y_j), got {got}")
         gx = gy = None
         if K.requires_grad:
             if need_x:
@@ -278,21 +281,21 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
     lr_y = _positive("lr_y", options["lr_y"]) if options.get("lr_y") is not None else float(lr)
     inner_steps = 10 if options.get("inner_steps") is None else options["inner_steps"]
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-        raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
+        raise ArgumentValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
     inner_lr = (_positive("inner_lr", options["inner_lr"]) if options.get("inner_lr") is not None
                 else float(lr))
     slow = options.get("slow") or "x"
     if slow not in ("x", "y"):
-        raise ValueError(f"slow must be 'x' or 'y', got {slow!r}")
+        raise ArgumentValueError(f"slow must be 'x' or 'y', got {slow!r}")
     mirror_lr = options.get("mirror_lr")
     mirror_lr = float(lr) if mirror_lr is None else float(mirror_lr)
     if not (mirror_lr >= 0 and math.isfinite(mirror_lr)):
-        raise ValueError(f"mirror_lr must be a finite number >= 0, got {mirror_lr!r}")
+        raise ArgumentValueError(f"mirror_lr must be a finite number >= 0, got {mirror_lr!r}")
     transport = True if options.get("transport") is None else bool(options["transport"])
     record_every = options.get("record_every")
     record_every = max(1, steps // 50) if record_every is None else record_every
     if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
-        raise ValueError(f"record_every must be an integer >= 1, got {record_every!r}")
+        raise ArgumentValueError(f"record_every must be an integer >= 1, got {record_every!r}")
     time_budget = options.get("time_budget")
     if time_budget is not None:
         _positive("time_budget", time_budget)
@@ -300,15 +303,17 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
     if snapshot_every is not None and (isinstance(snapshot_every, bool)
                                        or not isinstance(snapshot_every, int)
                                        or snapshot_every < 1):
-        raise ValueError(f"snapshot_every must be an integer >= 1 or None, got {snapshot_every!r}")
+        raise ArgumentValueError(
+            f"snapshot_every must be an integer >= 1 or None, got {snapshot_every!r}")
     max_snapshots = options.get("max_snapshots")
     max_snapshots = DEFAULT_MAX_SNAPSHOTS if max_snapshots is None else max_snapshots
     if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots < 2:
-        raise ValueError(f"max_snapshots must be an integer >= 2 (step 0 and the final state), "
-                         f"got {max_snapshots!r}")
+        raise ArgumentValueError(
+            f"max_snapshots must be an integer >= 2 (step 0 and the final state), "
+            f"got {max_snapshots!r}")
     monitor: Monitor | None = options.get("monitor")
     if monitor is not None and not callable(monitor):
-        raise TypeError("monitor must be a callable f(GameState) -> dict")
+        raise ArgumentTypeError("monitor must be a callable f(GameState) -> dict")
 
     x, y = x_space.retract(x0.detach().clone()), y_space.retract(y0.detach().clone())
     n, m = x.shape[0], y.shape[0]

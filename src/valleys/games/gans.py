@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from valleys.errors import ArgumentValueError
 from valleys.games.progress import wasserstein2
 
 __all__ = [
@@ -73,7 +74,7 @@ def gaussian_mixture(name: str) -> GaussianMixture:
         ticks = torch.arange(-2, 3, dtype=torch.float64)
         grid = torch.cartesian_prod(ticks, ticks)
         return GaussianMixture(grid, 0.05, name)
-    raise ValueError(f"unknown target {name!r}; use '8gaussians' or '25gaussians'")
+    raise ArgumentValueError(f"unknown target {name!r}; use '8gaussians' or '25gaussians'")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class ParticleMLP:
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or self.activation not in ("relu", "tanh"):
-            raise ValueError("widths needs >= 2 entries and activation 'relu' or 'tanh'")
+            raise ArgumentValueError("widths needs >= 2 entries and activation 'relu' or 'tanh'")
 
     @property
     def num_parameters(self) -> int:
@@ -104,8 +105,8 @@ class ParticleMLP:
     def __call__(self, theta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """``theta (P, p)``, ``inputs (P, B, d_in)`` → ``(P, B, d_out)``."""
         if theta.shape[1] != self.num_parameters:
-            raise ValueError(f"expected {self.num_parameters} parameters per particle, "
-                             f"got {theta.shape[1]}")
+            raise ArgumentValueError(f"expected {self.num_parameters} parameters per particle, "
+                                     f"got {theta.shape[1]}")
         h, offset = inputs, 0
         pairs = list(zip(self.widths[:-1], self.widths[1:], strict=True))
         for layer, (a, b) in enumerate(pairs):
@@ -127,9 +128,10 @@ class GANPayoff:
                  critic_decay: float = 1e-2, seed: int = 0) -> None:
         if generator_net.widths[-1] != 2 or critic_net.widths[0] != 2 or \
                 critic_net.widths[-1] != 1:
-            raise ValueError("generators must output 2-D points; critics map 2-D points to 1")
+            raise ArgumentValueError(
+                "generators must output 2-D points; critics map 2-D points to 1")
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ArgumentValueError("batch_size must be >= 1")
         self.target, self.generator_net, self.critic_net = target, generator_net, critic_net
         self.batch_size = batch_size
         self.generator_decay, self.critic_decay = generator_decay, critic_decay

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from valleys.errors import ArgumentValueError
+
 __all__ = [
     "MatrixGame",
     "QuadraticBilinear",
@@ -43,9 +45,9 @@ __all__ = [
 def _as_matrix(A, name: str = "A") -> torch.Tensor:
     A = torch.as_tensor(A, dtype=torch.float64) if not isinstance(A, torch.Tensor) else A
     if A.ndim != 2:
-        raise ValueError(f"{name} must be a matrix (2-D), got shape {tuple(A.shape)}")
+        raise ArgumentValueError(f"{name} must be a matrix (2-D), got shape {tuple(A.shape)}")
     if not bool(torch.isfinite(A).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; a payoff must be finite")
+        raise ArgumentValueError(f"{name} contains NaN or infinite values; a payoff must be finite")
     return A
 
 
@@ -90,7 +92,8 @@ class QuadraticBilinear:
     def __post_init__(self) -> None:
         object.__setattr__(self, "A", _as_matrix(self.A))
         if not (self.a > 0 and self.b > 0):
-            raise ValueError(f"a and b must be > 0 (confinement), got a={self.a}, b={self.b}")
+            raise ArgumentValueError(
+                f"a and b must be > 0 (confinement), got a={self.a}, b={self.b}")
 
     @property
     def dims(self) -> tuple[int, int]:
@@ -166,7 +169,7 @@ class QuadraticBilinear:
         (the Gaussian fits of particle clouds). It is ``>= 0`` and zero only at ``(p*, q*)``.
         """
         if not temperature > 0:
-            raise ValueError("the regularised gap needs temperature > 0")
+            raise ArgumentValueError("the regularised gap needs temperature > 0")
         A = self.A.to(mean_x)
         kl_x = gaussian_kl_to_isotropic(mean_x, cov_x, temperature / self.a)
         kl_y = gaussian_kl_to_isotropic(mean_y, cov_y, temperature / self.b)
@@ -202,7 +205,7 @@ class TranslationGame:
 
     def __post_init__(self) -> None:
         if self.kind not in ("sin", "cos"):
-            raise ValueError(f"kind must be 'sin' or 'cos', got {self.kind!r}")
+            raise ArgumentValueError(f"kind must be 'sin' or 'cos', got {self.kind!r}")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         diff = x[:, None, :] - y[None, :, :]

@@ -33,6 +33,7 @@ import torch
 
 from valleys._checks import integer, positive_real
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentValueError
 from valleys.games.spaces import Euclidean, Space, Sphere, resolve_space
 
 __all__ = [
@@ -80,7 +81,7 @@ def _weights(w: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor
     if w is None:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
     if w.shape != (n,):
-        raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+        raise ArgumentValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
     return w.to(like)
 
 
@@ -158,7 +159,7 @@ def ni_error(payoff: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: to
         seed: seeds the random starting points.
     """
     if restarts < 1 or steps < 0:
-        raise ValueError("restarts must be >= 1 and steps >= 0")
+        raise ArgumentValueError("restarts must be >= 1 and steps >= 0")
     xs, ys = resolve_space(x_space), resolve_space(y_space)
     x, y = x.detach(), y.detach()
     wx, wy = _weights(x_weights, x.shape[0], x), _weights(y_weights, y.shape[0], y)
@@ -175,7 +176,7 @@ def ni_error(payoff: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: to
     how = "optimize"
     if y_grid is not None or x_grid is not None:
         if y_grid is None or x_grid is None:
-            raise ValueError("pass both x_grid and y_grid, or neither")
+            raise ArgumentValueError("pass both x_grid and y_grid, or neither")
         how = "grid" if steps == 0 else "grid+optimize"
         with torch.no_grad():
             top_y = torch.topk(against_x(y_grid), min(restarts, y_grid.shape[0])).indices
@@ -222,14 +223,14 @@ def regularized_gap_grid(payoff, p: torch.Tensor, q: torch.Tensor, x_grid: torch
     only at its equilibrium.
     """
     if not temperature > 0:
-        raise ValueError("the regularised gap needs temperature > 0")
+        raise ArgumentValueError("the regularised gap needs temperature > 0")
     if not (x_cell > 0 and y_cell > 0):
-        raise ValueError("cell volumes must be > 0")
+        raise ArgumentValueError("cell volumes must be > 0")
     for name, mass, grid in (("p", p, x_grid), ("q", q, y_grid)):
         if mass.shape != (grid.shape[0],):
-            raise ValueError(f"{name} must hold one mass per grid point ({grid.shape[0]})")
+            raise ArgumentValueError(f"{name} must hold one mass per grid point ({grid.shape[0]})")
         if bool((mass < 0).any()) or abs(float(mass.sum()) - 1.0) > 1e-6:
-            raise ValueError(f"{name} must be non-negative masses summing to 1")
+            raise ArgumentValueError(f"{name} must be non-negative masses summing to 1")
     tau = float(temperature)
     with torch.no_grad():
         K = payoff(x_grid, y_grid)
@@ -245,7 +246,8 @@ def torus_histogram(x: torch.Tensor, bins: int, weights: torch.Tensor | None = N
                     period: float = 2 * math.pi) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Cell masses of 1-D torus particles on ``bins`` equal cells: ``(masses, centres, h)``."""
     if x.ndim != 2 or x.shape[1] != 1:
-        raise ValueError(f"torus_histogram handles 1-D particles (n, 1), got {tuple(x.shape)}")
+        raise ArgumentValueError(
+            f"torus_histogram handles 1-D particles (n, 1), got {tuple(x.shape)}")
     bins = integer(bins, "bins", minimum=1)
     period = positive_real(period, "period")
     w = _weights(weights, x.shape[0], x)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = ["Euclidean", "Space", "Sphere", "Torus", "resolve_space"]
 
 
@@ -43,7 +45,8 @@ class Euclidean:
 
     def uniform(self, n: int, d: int, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-        raise ValueError("R^d has no uniform probability measure; sample particles yourself")
+        raise ArgumentValueError(
+            "R^d has no uniform probability measure; sample particles yourself")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Torus:
 
     def __post_init__(self) -> None:
         if not self.period > 0:
-            raise ValueError(f"the torus period must be > 0, got {self.period}")
+            raise ArgumentValueError(f"the torus period must be > 0, got {self.period}")
 
     def tangent(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return v
@@ -87,12 +90,13 @@ class Sphere:
     def check(self, x: torch.Tensor, who: str) -> None:
         _check_matrix(x, who)
         if x.shape[1] < 2:
-            raise ValueError(f"{who}: points on a sphere need d >= 2 coordinates")
+            raise ArgumentValueError(f"{who}: points on a sphere need d >= 2 coordinates")
         norms = x.detach().norm(dim=1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=max(self.atol, 1e-3)):
-            raise ValueError(f"{who}: particles on the sphere must be unit vectors "
-                             f"(norms range {float(norms.min()):.3g}..{float(norms.max()):.3g}); "
-                             "normalise them first, e.g. x / x.norm(dim=1, keepdim=True)")
+            raise ArgumentValueError(
+                f"{who}: particles on the sphere must be unit vectors "
+                f"(norms range {float(norms.min()):.3g}..{float(norms.max()):.3g}); "
+                "normalise them first, e.g. x / x.norm(dim=1, keepdim=True)")
 
     def uniform(self, n: int, d: int, *, generator: torch.Generator | None = None,
                 dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
@@ -109,16 +113,18 @@ def resolve_space(space: str | Space) -> Space:
         return space
     if isinstance(space, str) and space in _NAMES:
         return _NAMES[space]()
-    raise ValueError(f"unknown strategy space {space!r}; use one of {sorted(_NAMES)} "
-                     "or an instance of Euclidean, Torus, Sphere")
+    raise ArgumentValueError(f"unknown strategy space {space!r}; use one of {sorted(_NAMES)} "
+                             "or an instance of Euclidean, Torus, Sphere")
 
 
 def _check_matrix(x: torch.Tensor, who: str) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{who} must be a torch.Tensor of shape (n, d), got {type(x).__name__}")
+        raise ArgumentTypeError(
+            f"{who} must be a torch.Tensor of shape (n, d), got {type(x).__name__}")
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{who} must have shape (n, d) with n, d >= 1, got {tuple(x.shape)}")
+        raise ArgumentValueError(
+            f"{who} must have shape (n, d) with n, d >= 1, got {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{who} must be a floating-point tensor, got {x.dtype}")
+        raise ArgumentTypeError(f"{who} must be a floating-point tensor, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{who} contains NaN or inf")
+        raise ArgumentValueError(f"{who} contains NaN or inf")

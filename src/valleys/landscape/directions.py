@@ -28,9 +28,10 @@ import math
 import torch
 
 from valleys._checks import seed_value
+from valleys.errors import ArgumentValueError
 from valleys.landscape.evaluate import check_objective
 from valleys.linalg import eigsh
-from valleys.linalg.results import EigshResult
+from valleys.linalg._results import EigshResult
 from valleys.objective import Objective
 from valleys.operators import hessian
 
@@ -76,7 +77,7 @@ def top_eigen_directions(
 
 def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ArgumentValueError(f"{name} must be one of {choices}, got {value!r}")
     return str(value)
 
 
@@ -159,7 +160,8 @@ def random_direction(
     """
     check_objective(objective)
     if (generator is None) == (seed is None):
-        raise ValueError("give exactly one of generator= or seed= (random directions are seeded)")
+        raise ArgumentValueError(
+            "give exactly one of generator= or seed= (random directions are seeded)")
     if generator is None:
         generator = torch.Generator(device=objective.device).manual_seed(seed_value(seed))
     raw = torch.randn(objective.dim, generator=generator, dtype=objective.dtype,
@@ -172,16 +174,16 @@ def orthogonalize(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``v`` minus its component along ``u``, rescaled to ``‖v‖`` (a second plane axis)."""
     for name, t in (("u", u), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.ndim != 1:
-            raise ValueError(f"{name} must be a flat vector (1-D tensor), got "
-                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+            raise ArgumentValueError(f"{name} must be a flat vector (1-D tensor), got "
+                                     f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
     if u.shape != v.shape:
-        raise ValueError(f"u and v must have the same shape, got {tuple(u.shape)} and "
-                         f"{tuple(v.shape)}")
+        raise ArgumentValueError(f"u and v must have the same shape, got {tuple(u.shape)} and "
+                                 f"{tuple(v.shape)}")
     uu = torch.dot(u, u)
     if uu == 0:
         return v.clone()
     w = v - torch.dot(u, v) / uu * u
     wn = torch.linalg.vector_norm(w)
     if wn == 0 or not math.isfinite(float(wn)):
-        raise ValueError("v is parallel to u; choose another second direction")
+        raise ArgumentValueError("v is parallel to u; choose another second direction")
     return w * (torch.linalg.vector_norm(v) / wn)

@@ -22,6 +22,7 @@ import torch
 from torch.func import vmap
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 
 __all__ = [
@@ -87,7 +88,7 @@ class PlaneScan:
 
 def _check_points_per_chunk(value: object) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"points_per_chunk must be a positive integer, got {value!r}")
+        raise ArgumentValueError(f"points_per_chunk must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -120,17 +121,19 @@ def batched_loss(
     """
     check_objective(objective)
     if not isinstance(thetas, torch.Tensor):
-        raise TypeError(f"thetas must be a torch tensor of shape (P, dim), got {type(thetas)}")
+        raise ArgumentTypeError(
+            f"thetas must be a torch tensor of shape (P, dim), got {type(thetas)}")
     if thetas.ndim != 2 or thetas.shape[1] != objective.dim:
-        raise ValueError(
+        raise ArgumentValueError(
             f"thetas must have shape (P, {objective.dim}) (one flat parameter vector per row), "
             f"got {tuple(thetas.shape)}"
         )
     if thetas.dtype != objective.dtype:
-        raise TypeError(f"thetas have dtype {thetas.dtype}, the model uses {objective.dtype}")
+        raise ArgumentTypeError(
+            f"thetas have dtype {thetas.dtype}, the model uses {objective.dtype}")
     step = _check_points_per_chunk(points_per_chunk)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ArgumentValueError(f"method must be one of {METHODS}, got {method!r}")
     thetas = thetas.to(objective.device)
     if method == "loop":
         return loop_loss(objective, thetas)
@@ -148,8 +151,9 @@ def batched_loss(
 def check_objective(objective: object) -> Objective:
     """Refuse anything but an :class:`~valleys.Objective` with a message that says so."""
     if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}; "
-                        "build one with valleys.Objective(model, loss, (X, Y))")
+        raise ArgumentTypeError(
+            f"objective must be a valleys.Objective, got {type(objective).__name__}; "
+            "build one with valleys.Objective(model, loss, (X, Y))")
     return objective
 
 
@@ -157,13 +161,13 @@ def _as_coefficients(values: Any, name: str) -> torch.Tensor:
     try:
         t = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a 1-D sequence of real numbers, got "
-                        f"{type(values).__name__}") from None
+        raise ArgumentTypeError(f"{name} must be a 1-D sequence of real numbers, got "
+                                f"{type(values).__name__}") from None
     if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape "
-                         f"{tuple(t.shape)}")
+        raise ArgumentValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape "
+                                 f"{tuple(t.shape)}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite")
+        raise ArgumentValueError(f"{name} must be finite")
     return t
 
 
@@ -172,7 +176,7 @@ def _check_direction(objective: Objective, d: torch.Tensor, what: str) -> torch.
     objective.check_vector(d, what)
     d = d.to(objective.device)
     if not torch.isfinite(d).all():
-        raise ValueError(f"{what} contains NaN or infinite values")
+        raise ArgumentValueError(f"{what} contains NaN or infinite values")
     return d
 
 
@@ -299,9 +303,9 @@ def grid_timing(
     Both evaluate the same points; ``max_abs_difference`` checks they agree.
     """
     if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+        raise ArgumentValueError(f"size must be a positive integer, got {size!r}")
     if not (isinstance(radius, int | float) and math.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+        raise ArgumentValueError(f"radius must be a positive finite number, got {radius!r}")
     grid = torch.linspace(-radius, radius, size, dtype=torch.float64)
     scan = loss_on_plane(objective, d1, d2, grid, grid, theta=theta,
                          points_per_chunk=points_per_chunk)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from valleys._records import jsonable, record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = ["GrowthProfile", "growth_exponent", "growth_profile"]
 
@@ -35,9 +36,9 @@ def _as_array(values: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a 1-D sequence of real numbers") from err
+        raise ArgumentTypeError(f"{name} must be a 1-D sequence of real numbers") from err
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+        raise ArgumentValueError(f"{name} must be 1-D, got shape {arr.shape}")
     return arr
 
 
@@ -46,28 +47,30 @@ def _increments(ts: Any, losses: Any, baseline: float | None) -> tuple[np.ndarra
     t = _as_array(ts, "ts")
     y = _as_array(losses, "losses")
     if t.shape != y.shape:
-        raise ValueError(f"ts and losses must have the same shape, got {t.shape} and {y.shape}")
+        raise ArgumentValueError(
+            f"ts and losses must have the same shape, got {t.shape} and {y.shape}")
     if t.size < 2:
-        raise ValueError(f"a growth exponent needs at least 2 points, got {t.size}")
+        raise ArgumentValueError(f"a growth exponent needs at least 2 points, got {t.size}")
     if not (np.isfinite(t).all() and np.isfinite(y).all()):
-        raise ValueError("ts and losses must be finite (drop diverged points before fitting)")
+        raise ArgumentValueError(
+            "ts and losses must be finite (drop diverged points before fitting)")
     if baseline is not None:
         if not (isinstance(baseline, int | float) and math.isfinite(baseline)):
-            raise ValueError(f"baseline must be a finite number, got {baseline!r}")
+            raise ArgumentValueError(f"baseline must be a finite number, got {baseline!r}")
         y = y - float(baseline)
     a = np.abs(t)
     if (a == 0).any():
-        raise ValueError("every t must be non-zero: log|t| is undefined at t = 0 (pass the "
-                         "loss at t = 0 as baseline= instead)")
+        raise ArgumentValueError("every t must be non-zero: log|t| is undefined at t = 0 (pass the "
+                                 "loss at t = 0 as baseline= instead)")
     if (y <= 0).any():
         bad = int((y <= 0).sum())
-        raise ValueError(
+        raise ArgumentValueError(
             f"{bad} increment(s) L(θ+tu) − L(θ) are not positive; the power-law fit needs "
             "ΔL > 0 (is θ a minimum along u? at float32 precision tiny t can round to ΔL = 0; "
             "restrict the range or use float64)"
         )
     if np.unique(a).size < 2:
-        raise ValueError("ts must contain at least two distinct values of |t|")
+        raise ArgumentValueError("ts must contain at least two distinct values of |t|")
     return a, y
 
 
@@ -142,11 +145,12 @@ def growth_profile(
         tolerance: how far from 2 a local exponent may be and still count as quadratic.
     """
     if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance > 0):
-        raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
+        raise ArgumentValueError(f"tolerance must be a positive number, got {tolerance!r}")
     a, y = _increments(ts, losses, baseline)
     if np.unique(a).size != a.size:
-        raise ValueError("growth_profile needs distinct |t| values; profile t > 0 and t < 0 "
-                         "separately")
+        raise ArgumentValueError(
+            "growth_profile needs distinct |t| values; profile t > 0 and t < 0 "
+            "separately")
     order = np.argsort(a)
     la, ly = np.log(a[order]), np.log(y[order])
     exponents = np.diff(ly) / np.diff(la)

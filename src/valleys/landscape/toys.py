@@ -36,19 +36,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from valleys.errors import ArgumentValueError
+
 __all__ = ["SqrtLoss", "SqrtValley"]
 
 
 def _positive(value: object, name: str) -> float:
     if not (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 
 def _steps(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {value!r}")
+        raise ArgumentValueError(f"steps must be a non-negative integer, got {value!r}")
     return value
 
 
@@ -91,7 +93,8 @@ class SqrtLoss:
         """Derivative of the two-step GD map at the cycle, ``(1 − 8/(ηκ)²)²`` (``< 1``: stable)."""
         r = _positive(lr, "lr") * self.curvature
         if r <= 2.0:
-            raise ValueError(f"no 2-cycle for lr·curvature = {r:g} <= 2 (GD converges to 0)")
+            raise ArgumentValueError(
+                f"no 2-cycle for lr·curvature = {r:g} <= 2 (GD converges to 0)")
         return (1.0 - 8.0 / (r * r)) ** 2
 
     def gd(self, x0: float, lr: float, steps: int) -> np.ndarray:

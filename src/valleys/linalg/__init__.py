@@ -1,10 +1,10 @@
-"""Pure-torch solvers on :class:`~valleys.operators.base.LinearOperator`: extreme eigenpairs,
+"""Pure-torch solvers on :class:`~valleys.operators.LinearOperator`: extreme eigenpairs,
 traces and spectral densities. They run on the operator's device and dtype and count matvecs."""
 
-from valleys.linalg.lanczos import block_eigsh, eigsh, power_iteration
-from valleys.linalg.results import EigshResult, SpectralDensity, TraceResult
-from valleys.linalg.slq import spectral_density
-from valleys.linalg.trace import trace
+from valleys.linalg._lanczos import block_eigsh, eigsh, power_iteration
+from valleys.linalg._results import EigshResult, SpectralDensity, TraceResult
+from valleys.linalg._slq import spectral_density
+from valleys.linalg._trace import trace
 
 __all__ = [
     "EigshResult",

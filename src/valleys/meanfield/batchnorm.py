@@ -73,6 +73,7 @@ import torch
 
 from valleys._checks import positive_real
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = [
     "BNRiemannianComparison",
@@ -97,24 +98,25 @@ _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 def _activation(name: str):
     if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
+        raise ArgumentValueError(
+            f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
 
 
 def _check_data(X: torch.Tensor, y: torch.Tensor | None = None) -> None:
     if not isinstance(X, torch.Tensor) or X.ndim != 2:
-        raise TypeError("X must be a 2-D tensor of inputs (n, d)")
+        raise ArgumentTypeError("X must be a 2-D tensor of inputs (n, d)")
     if not X.is_floating_point():
-        raise TypeError(f"X must be floating point, got {X.dtype}")
+        raise ArgumentTypeError(f"X must be floating point, got {X.dtype}")
     if X.shape[0] < 2:
-        raise ValueError("batch normalization needs at least 2 samples")
+        raise ArgumentValueError("batch normalization needs at least 2 samples")
     if y is not None and (y.ndim != 1 or y.shape[0] != X.shape[0]):
-        raise ValueError(f"y must have shape ({X.shape[0]},), got {tuple(y.shape)}")
+        raise ArgumentValueError(f"y must have shape ({X.shape[0]},), got {tuple(y.shape)}")
 
 
 def _check_params(a: torch.Tensor, W: torch.Tensor, d: int) -> None:
     if a.ndim != 1 or W.ndim != 2 or W.shape != (a.shape[0], d):
-        raise ValueError(
+        raise ArgumentValueError(
             f"expected a of shape (m,) and W of shape (m, {d}); got {tuple(a.shape)} and "
             f"{tuple(W.shape)}"
         )
@@ -141,13 +143,13 @@ def bn_forward(X: torch.Tensor, a: torch.Tensor, W: torch.Tensor, *, activation:
     _check_data(X)
     _check_params(a, W, X.shape[1])
     if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise ArgumentValueError(f"eps must be >= 0, got {eps}")
     z = X @ W.T
     z = z - z.mean(0)
     var = (z * z).mean(0)
     if eps == 0 and bool((var <= 0).any()):
-        raise ValueError("a neuron has zero pre-activation variance over the batch; "
-                         "BN is undefined for it (use eps > 0 or change W)")
+        raise ArgumentValueError("a neuron has zero pre-activation variance over the batch; "
+                                 "BN is undefined for it (use eps > 0 or change W)")
     return _activation(activation)(z / torch.sqrt(var + eps)) @ a / a.shape[0]
 
 
@@ -163,7 +165,7 @@ def to_manifold(W: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch
     """``φ(w_k) = w_k / sqrt(w_kᵀΣw_k)`` on the ellipsoid, and the norms ``r_k = ‖w_k‖``."""
     s2 = torch.einsum("ki,ij,kj->k", W, cov, W)
     if bool((s2 <= 0).any()):
-        raise ValueError("some w_k has w_kᵀΣw_k = 0: BN is undefined for that neuron")
+        raise ArgumentValueError("some w_k has w_kᵀΣw_k = 0: BN is undefined for that neuron")
     return W / torch.sqrt(s2)[:, None], torch.linalg.vector_norm(W, dim=1)
 
 
@@ -330,7 +332,7 @@ def compare_bn_riemannian(X: torch.Tensor, y: torch.Tensor, a0: torch.Tensor, W0
     _check_data(X, y)
     _check_params(a0, W0, X.shape[1])
     if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+        raise ArgumentValueError(f"steps must be >= 0, got {steps}")
     positive_real(lr, "lr")
     mean, cov = bn_statistics(X)
     a_bn, W = a0.detach(), W0.detach()

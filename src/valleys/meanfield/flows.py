@@ -39,6 +39,7 @@ import torch
 
 from valleys._checks import positive_real
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.meanfield.particles import ParticleMeasure
 
 __all__ = [
@@ -88,7 +89,8 @@ def autograd_field(risk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
             p = measure.probabilities.detach().requires_grad_(True)
             value = risk(x, p)
             if value.ndim != 0:
-                raise ValueError(f"risk must return a scalar, got shape {tuple(value.shape)}")
+                raise ArgumentValueError(
+                    f"risk must return a scalar, got shape {tuple(value.shape)}")
             gx, gp = torch.autograd.grad(value, (x, p), allow_unused=True)
         gx = torch.zeros_like(x) if gx is None else gx
         gp = torch.zeros_like(p) if gp is None else gp
@@ -100,9 +102,9 @@ def autograd_field(risk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
 def _evaluate(measure: ParticleMeasure, field: Field) -> FieldValue:
     value = field(measure)
     if not isinstance(value, FieldValue):
-        raise TypeError(f"a field must return a FieldValue, got {type(value).__name__}")
+        raise ArgumentTypeError(f"a field must return a FieldValue, got {type(value).__name__}")
     if value.velocity.shape != measure.positions.shape:
-        raise ValueError(
+        raise ArgumentValueError(
             f"field velocity has shape {tuple(value.velocity.shape)}, expected "
             f"{tuple(measure.positions.shape)}"
         )
@@ -126,7 +128,7 @@ def langevin_step(measure: ParticleMeasure, field: Field, lr: float, temperature
     """One Euler–Maruyama step ``x_j ← x_j − η ∇_x δR/δρ(x_j) + sqrt(2ητ) ξ_j``."""
     _check_lr(lr)
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise ArgumentValueError(f"temperature must be >= 0, got {temperature}")
     value = _evaluate(measure, field)
     x = measure.positions
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -145,10 +147,11 @@ def wfr_step(measure: ParticleMeasure, field: Field, lr: float, *, reaction_rate
     """
     _check_lr(lr)
     if reaction_rate < 0 or transport_rate < 0:
-        raise ValueError("reaction_rate and transport_rate must be >= 0")
+        raise ArgumentValueError("reaction_rate and transport_rate must be >= 0")
     value = _evaluate(measure, field)
     if value.first_variation is None:
-        raise ValueError("the WFR step needs the field's first_variation (δR/δρ at particles)")
+        raise ArgumentValueError(
+            "the WFR step needs the field's first_variation (δR/δρ at particles)")
     p = measure.probabilities
     g = value.first_variation
     logits = torch.log(p) - lr * reaction_rate * (g - p @ g)
@@ -172,10 +175,10 @@ def knn_entropy(measure: ParticleMeasure, *, chunk_size: int = 2048) -> float:
     ``D``. Distances are computed in row chunks (memory ``O(chunk · n)``).
     """
     if measure.weights is not None:
-        raise ValueError("knn_entropy needs an unweighted measure (weights=None)")
+        raise ArgumentValueError("knn_entropy needs an unweighted measure (weights=None)")
     n, D = measure.n, measure.dim
     if n < 2:
-        raise ValueError("knn_entropy needs at least 2 particles")
+        raise ArgumentValueError("knn_entropy needs at least 2 particles")
     x = measure.positions
     logs = []
     for start in range(0, n, chunk_size):
@@ -254,15 +257,16 @@ def simulate(
             flow (costs ``O(n²)`` per record).
     """
     if not isinstance(measure, ParticleMeasure):
-        raise TypeError(f"measure must be a valleys.meanfield.ParticleMeasure, got "
-                        f"{type(measure).__name__}; wrap positions as ParticleMeasure(x)")
+        raise ArgumentTypeError(f"measure must be a valleys.meanfield.ParticleMeasure, got "
+                                f"{type(measure).__name__}; wrap positions as ParticleMeasure(x)")
     if not bool(torch.isfinite(measure.positions).all()):
-        raise ValueError("the initial measure's positions contain NaN or infinite values; start "
-                         "the flow from finite particles")
+        raise ArgumentValueError(
+            "the initial measure's positions contain NaN or infinite values; start "
+            "the flow from finite particles")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise ArgumentValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if steps < 0 or record_every < 1 or (snapshot_every is not None and snapshot_every < 1):
-        raise ValueError("steps must be >= 0 and record_every, snapshot_every >= 1")
+        raise ArgumentValueError("steps must be >= 0 and record_every, snapshot_every >= 1")
     _check_lr(lr)
     if method == "langevin" and generator is None:
         generator = torch.Generator(device=measure.positions.device)

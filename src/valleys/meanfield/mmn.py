@@ -59,6 +59,7 @@ from typing import Any
 import torch
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentValueError
 
 __all__ = [
     "GaussianProblem",
@@ -84,7 +85,7 @@ class GaussianProblem:
 
     def __post_init__(self) -> None:
         if self.d < 2 or not 0 < self.delta < 1 or not self.t2 > self.t1 > 0:
-            raise ValueError("need d >= 2, 0 < delta < 1 and t2 > t1 > 0")
+            raise ArgumentValueError("need d >= 2, 0 < delta < 1 and t2 > t1 > 0")
 
     @property
     def slope(self) -> float:
@@ -222,7 +223,8 @@ def solve_pde(problem: GaussianProblem, *, r0: float, times: torch.Tensor | list
     """Solve ``∂_t ρ̄ = ∂_r(ρ̄ ∂_rΨ̄)`` from the Gaussian initialization of radius scale ``r0``."""
     times = torch.as_tensor(times, dtype=dtype)
     if times.ndim != 1 or bool((times[1:] < times[:-1]).any()) or bool((times < 0).any()):
-        raise ValueError("times must be a 1-D non-decreasing sequence of non-negative numbers")
+        raise ArgumentValueError(
+            "times must be a 1-D non-decreasing sequence of non-negative numbers")
     h = r_max / cells
     edges = torch.linspace(0, r_max, cells + 1, dtype=dtype)
     centers = (edges[1:] + edges[:-1]) / 2

@@ -39,6 +39,8 @@ import math
 
 import torch
 
+from valleys.errors import ArgumentValueError
+
 __all__ = ["a_posteriori_bound", "a_priori_bound", "barron_norm", "path_norm", "rademacher_bound"]
 
 
@@ -48,16 +50,16 @@ def _mean_field_output_weights(a: torch.Tensor, scaling: str) -> torch.Tensor:
         return a
     if scaling == "ntk":
         return a * math.sqrt(m)
-    raise ValueError(f"unknown scaling {scaling!r}; choose 'mean-field' or 'ntk'")
+    raise ArgumentValueError(f"unknown scaling {scaling!r}; choose 'mean-field' or 'ntk'")
 
 
 def barron_norm(a: torch.Tensor, W: torch.Tensor, *, p: float = 2.0,
                 scaling: str = "mean-field") -> float:
     """``((1/m) Σ_j (|ã_j| ‖w_j‖_1)^p)^{1/p}`` (see the module docstring)."""
     if a.ndim != 1 or W.ndim != 2 or W.shape[0] != a.shape[0]:
-        raise ValueError("need a of shape (m,) and W of shape (m, d)")
+        raise ArgumentValueError("need a of shape (m,) and W of shape (m, d)")
     if not p >= 1:
-        raise ValueError(f"p must be >= 1, got {p}")
+        raise ArgumentValueError(f"p must be >= 1, got {p}")
     paths = _mean_field_output_weights(a, scaling).abs() * W.abs().sum(dim=1)
     return float(paths.pow(p).mean().pow(1.0 / p))
 
@@ -70,7 +72,7 @@ def path_norm(a: torch.Tensor, W: torch.Tensor, *, scaling: str = "mean-field") 
 def rademacher_bound(Q: float, n: int, d: int, *, x_max: float = 1.0) -> float:
     """``2 Q x_max sqrt(2 log(2d)/n)``: Rademacher complexity of path-norm ball ``F_Q``."""
     if n < 1 or d < 1 or Q < 0:
-        raise ValueError("need n >= 1, d >= 1, Q >= 0")
+        raise ArgumentValueError("need n >= 1, d >= 1, Q >= 0")
     return 2.0 * Q * x_max * math.sqrt(2.0 * math.log(2 * d) / n)
 
 
@@ -78,7 +80,7 @@ def a_posteriori_bound(train_risk: float, Q: float, n: int, d: int, *, x_max: fl
                        y_max: float = 1.0, delta: float = 0.05) -> float:
     """``R̂_n + 2 L Rad_n(F_Q) + B sqrt(log(1/δ)/(2n))`` (``L = Q x_max + y_max``, ``B = L²/2``)."""
     if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+        raise ArgumentValueError(f"delta must be in (0, 1), got {delta}")
     lip = Q * x_max + y_max
     return (train_risk + 2 * lip * rademacher_bound(Q, n, d, x_max=x_max)
             + 0.5 * lip**2 * math.sqrt(math.log(1 / delta) / (2 * n)))
@@ -92,7 +94,7 @@ def a_priori_bound(beta: float, m: int, n: int, d: int, *, x_max: float = 1.0,
     (``4 L Rad_n(F_{2β})``), ``confidence`` (``2B sqrt(log(2/δ)/(2n))``) and their ``total``.
     """
     if m < 1 or not 0 < delta < 1:
-        raise ValueError("need m >= 1 and 0 < delta < 1")
+        raise ArgumentValueError("need m >= 1 and 0 < delta < 1")
     lip = 2 * beta * x_max + y_max
     terms = {
         "approximation": beta**2 * x_max**2 / (2 * m),

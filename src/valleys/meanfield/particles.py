@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = [
     "ParticleMeasure",
     "gaussian_wasserstein2",
@@ -58,27 +60,29 @@ class ParticleMeasure:
     def __post_init__(self) -> None:
         x = self.positions
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"positions must be a torch.Tensor, got {type(x).__name__}")
+            raise ArgumentTypeError(f"positions must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"positions must have shape (n, D) with n >= 1, got {tuple(x.shape)}; "
                 "for 1-D samples pass x[:, None]"
             )
         if not x.is_floating_point():
-            raise TypeError(f"positions must be floating point, got {x.dtype}")
+            raise ArgumentTypeError(f"positions must be floating point, got {x.dtype}")
         w = self.weights
         if w is None:
             return
         if not isinstance(w, torch.Tensor):
-            raise TypeError(f"weights must be a torch.Tensor or None, got {type(w).__name__}")
+            raise ArgumentTypeError(
+                f"weights must be a torch.Tensor or None, got {type(w).__name__}")
         if w.shape != (x.shape[0],):
-            raise ValueError(f"weights must have shape ({x.shape[0]},), got {tuple(w.shape)}")
+            raise ArgumentValueError(
+                f"weights must have shape ({x.shape[0]},), got {tuple(w.shape)}")
         if w.dtype != x.dtype or w.device != x.device:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"weights ({w.dtype}, {w.device}) must match positions ({x.dtype}, {x.device})"
             )
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
-            raise ValueError("weights must be finite, non-negative and have a positive sum")
+            raise ArgumentValueError("weights must be finite, non-negative and have a positive sum")
 
     # -- basic properties -----------------------------------------------------------------
     @property
@@ -133,7 +137,7 @@ class ParticleMeasure:
     def moment(self, order: float) -> torch.Tensor:
         """``E_μ ‖x‖^order`` (Euclidean norm)."""
         if order < 0:
-            raise ValueError(f"order must be >= 0, got {order}")
+            raise ArgumentValueError(f"order must be >= 0, got {order}")
         return self.probabilities @ self.positions.norm(dim=1).pow(order)
 
     def histogram(
@@ -152,12 +156,12 @@ class ParticleMeasure:
         which is CPU only).
         """
         if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
+            raise ArgumentValueError(f"bins must be >= 1, got {bins}")
         if coordinate is None:
             values = self.positions.norm(dim=1)
         else:
             if not -self.dim <= coordinate < self.dim:
-                raise ValueError(f"coordinate {coordinate} out of range for D={self.dim}")
+                raise ArgumentValueError(f"coordinate {coordinate} out of range for D={self.dim}")
             values = self.positions[:, coordinate].contiguous()
         lo, hi = (float(values.min()), float(values.max())) if range is None else range
         if not hi > lo:
@@ -176,11 +180,11 @@ class ParticleMeasure:
 # -- distances -----------------------------------------------------------------------------
 def _check_pair(mu: ParticleMeasure, nu: ParticleMeasure) -> None:
     if not isinstance(mu, ParticleMeasure) or not isinstance(nu, ParticleMeasure):
-        raise TypeError("both arguments must be ParticleMeasure objects")
+        raise ArgumentTypeError("both arguments must be ParticleMeasure objects")
     if mu.dim != nu.dim:
-        raise ValueError(f"measures live in different dimensions: {mu.dim} vs {nu.dim}")
+        raise ArgumentValueError(f"measures live in different dimensions: {mu.dim} vs {nu.dim}")
     if mu.positions.dtype != nu.positions.dtype or mu.positions.device != nu.positions.device:
-        raise ValueError("both measures must have the same dtype and device")
+        raise ArgumentValueError("both measures must have the same dtype and device")
 
 
 def _cost(mu: ParticleMeasure, nu: ParticleMeasure, p: float) -> torch.Tensor:
@@ -199,7 +203,7 @@ def wasserstein(mu: ParticleMeasure, nu: ParticleMeasure, p: float = 2.0, *,
 
     _check_pair(mu, nu)
     if p < 1:
-        raise ValueError(f"p must be >= 1, got {p}")
+        raise ArgumentValueError(f"p must be >= 1, got {p}")
     a, b = mu.probabilities, nu.probabilities
     if mu.dim == 1:
         with warnings.catch_warnings():  # POT's 1-D solver uses the deprecated `x.T` on 1-D
@@ -224,7 +228,7 @@ def sinkhorn(mu: ParticleMeasure, nu: ParticleMeasure, reg: float, *, p: float =
 
     _check_pair(mu, nu)
     if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg}")
+        raise ArgumentValueError(f"reg must be > 0, got {reg}")
 
     def cost(m1: ParticleMeasure, m2: ParticleMeasure) -> float:
         value = ot.sinkhorn2(m1.probabilities, m2.probabilities, _cost(m1, m2, p), reg,
@@ -239,9 +243,9 @@ def sinkhorn(mu: ParticleMeasure, nu: ParticleMeasure, reg: float, *, p: float =
 
 def _kernel(name: str, bandwidth: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; choose one of {KERNELS}")
+        raise ArgumentValueError(f"unknown kernel {name!r}; choose one of {KERNELS}")
     if name != "energy" and not bandwidth > 0:
-        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+        raise ArgumentValueError(f"bandwidth must be > 0, got {bandwidth}")
 
     def gaussian(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.exp(-torch.cdist(x, y).pow(2) / (2 * bandwidth**2))
@@ -260,7 +264,7 @@ def kernel_sum(mu: ParticleMeasure, nu: ParticleMeasure, kernel: str = "gaussian
     """``Σ_ij p_i q_j k(x_i, y_j)``, in row chunks of ``μ`` (memory ``O(chunk · n_ν)``)."""
     _check_pair(mu, nu)
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ArgumentValueError(f"chunk_size must be >= 1, got {chunk_size}")
     k = _kernel(kernel, bandwidth)
     p, q = mu.probabilities, nu.probabilities
     total = mu.positions.new_zeros(())

@@ -56,6 +56,7 @@ import torch
 
 from valleys._checks import positive_real
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentValueError
 
 __all__ = [
     "SCHEMES",
@@ -82,7 +83,7 @@ def _act(name: str):
         return torch.tanh, lambda z: 1 - torch.tanh(z) ** 2
     if name == "relu":
         return torch.relu, lambda z: (z > 0).to(z.dtype)
-    raise ValueError(f"unknown activation {name!r}; choose 'tanh' or 'relu'")
+    raise ArgumentValueError(f"unknown activation {name!r}; choose 'tanh' or 'relu'")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class ResNetParams:
 
     def __post_init__(self) -> None:
         if self.A.ndim != 3 or self.W.shape != self.A.shape or self.B.shape != self.A.shape[:2]:
-            raise ValueError(
+            raise ArgumentValueError(
                 "expected A, W of shape (L, M, D) and B of shape (L, M); got "
                 f"{tuple(self.A.shape)}, {tuple(self.W.shape)}, {tuple(self.B.shape)}")
 
@@ -135,7 +136,7 @@ class ResNetParams:
 def embed(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``X(0) = (x, 0)``: pad the inputs ``(n, d)`` with zeros to ``(n, dim)``."""
     if x.ndim != 2 or x.shape[1] > dim:
-        raise ValueError(f"inputs must be (n, d) with d <= {dim}; got {tuple(x.shape)}")
+        raise ArgumentValueError(f"inputs must be (n, d) with d <= {dim}; got {tuple(x.shape)}")
     return torch.cat([x, x.new_zeros(x.shape[0], dim - x.shape[1])], dim=1)
 
 
@@ -157,7 +158,7 @@ def resnet_forward(X0: torch.Tensor, params: ResNetParams, *, activation: str = 
     """
     sigma, _ = _act(activation)
     if X0.ndim != 2 or X0.shape[1] != params.dim:
-        raise ValueError(f"X0 must be (n, {params.dim}); got {tuple(X0.shape)}")
+        raise ArgumentValueError(f"X0 must be (n, {params.dim}); got {tuple(X0.shape)}")
     L = params.depth
     blocks = range(L) if order is None else [int(i) for i in order]
     X, states = X0, [X0]
@@ -256,7 +257,7 @@ class DepthProfile:
     def discretize(self, depth: int) -> ResNetParams:
         """The ``L``-block ResNet of this measure: block ``l`` holds the slice ``t_l = l/L``."""
         if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+            raise ArgumentValueError(f"depth must be >= 1, got {depth}")
         t = torch.arange(depth, dtype=self.A.dtype, device=self.A.device) / depth
         return self.at(t)
 
@@ -286,7 +287,7 @@ def _rk4(state, k, h, rhs):
 def _half_grid(profile: DepthProfile, steps: int) -> ResNetParams:
     """The slices at ``t = k/(2·steps)``, ``k = 0..2·steps`` (all RK4 stages need)."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ArgumentValueError(f"steps must be >= 1, got {steps}")
     t = torch.arange(2 * steps + 1, dtype=profile.A.dtype, device=profile.A.device)
     return profile.at(t / (2 * steps))
 
@@ -349,7 +350,7 @@ def continuous_gradient(X0: torch.Tensor, Y: torch.Tensor, profile: DepthProfile
         ``(t, velocity, dE_dc)`` with the velocity as a ``ResNetParams`` of depth ``steps+1``.
     """
     if steps % 2:
-        raise ValueError(f"steps must be even (Simpson's rule), got {steps}")
+        raise ArgumentValueError(f"steps must be even (Simpson's rule), got {steps}")
     sigma, dsigma = _act(activation)
     t, Xs, Ps = continuous_adjoint(X0, Y, profile, head, steps=steps, activation=activation)
     slices = profile.at(t)
@@ -383,7 +384,7 @@ def refine_depth(params: ResNetParams, factor: int = 2) -> ResNetParams:
     ``O(1/L)`` only (the same ODE, finer Euler steps).
     """
     if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
+        raise ArgumentValueError(f"factor must be >= 1, got {factor}")
     return ResNetParams(*(t.repeat_interleave(factor, dim=0) for t in params.tensors()))
 
 
@@ -437,15 +438,15 @@ def train_resnet(X0: torch.Tensor, Y: torch.Tensor, params: ResNetParams, head: 
         progress: an optional callable invoked once per step (e.g. a tqdm ``update``).
     """
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
+        raise ArgumentValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
     positive_real(lr, "lr")
     if budget < 1:
-        raise ValueError(f"budget must be >= 1 (block passes), got {budget!r}")
+        raise ArgumentValueError(f"budget must be >= 1 (block passes), got {budget!r}")
     L = params.depth
     if scheme == "refine":
         stride = 2**refinements
         if L % stride:
-            raise ValueError(f"depth {L} is not divisible by 2^refinements = {stride}")
+            raise ArgumentValueError(f"depth {L} is not divisible by 2^refinements = {stride}")
         params = ResNetParams(*(t[::stride] for t in params.tensors()))
         phases = [(budget // (refinements + 1) if i < refinements else None)
                   for i in range(refinements + 1)]

@@ -45,6 +45,7 @@ import torch
 
 from valleys._checks import finite_real, integer, seed_value
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.meanfield.flows import FieldValue
 from valleys.meanfield.particles import ParticleMeasure
 
@@ -89,33 +90,35 @@ def _validate(a: torch.Tensor, W: torch.Tensor, X: torch.Tensor,
               y: torch.Tensor | None = None) -> None:
     for name, t in (("a", a), ("W", W), ("X", X)) + ((("y", y),) if y is not None else ()):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if a.ndim != 1 or W.ndim != 2 or W.shape[0] != a.shape[0]:
-        raise ValueError(f"need a of shape (m,) and W of shape (m, d); got {tuple(a.shape)} "
-                         f"and {tuple(W.shape)}")
+        raise ArgumentValueError(
+            f"need a of shape (m,) and W of shape (m, d); got {tuple(a.shape)} "
+            f"and {tuple(W.shape)}")
     if X.ndim != 2 or X.shape[1] != W.shape[1]:
-        raise ValueError(f"X must have shape (n, {W.shape[1]}), got {tuple(X.shape)}")
+        raise ArgumentValueError(f"X must have shape (n, {W.shape[1]}), got {tuple(X.shape)}")
     if y is not None and y.shape != (X.shape[0],):
-        raise ValueError(f"y must have shape ({X.shape[0]},), got {tuple(y.shape)}")
+        raise ArgumentValueError(f"y must have shape ({X.shape[0]},), got {tuple(y.shape)}")
     dtypes = {t.dtype for t in (a, W, X) + ((y,) if y is not None else ())}
     devices = {t.device for t in (a, W, X) + ((y,) if y is not None else ())}
     if len(dtypes) > 1 or len(devices) > 1:
-        raise ValueError(f"a, W, X, y must share one dtype and device; got {dtypes}, {devices}")
+        raise ArgumentValueError(
+            f"a, W, X, y must share one dtype and device; got {dtypes}, {devices}")
 
 
 def _coefficients(m: int, scaling: str, weights: torch.Tensor | None,
                   like: torch.Tensor) -> torch.Tensor:
     """``c_j``: ``p_j`` (mean-field, ``1/m`` when unweighted) or ``1/sqrt(m)`` (NTK)."""
     if scaling not in SCALINGS:
-        raise ValueError(f"unknown scaling {scaling!r}; choose one of {SCALINGS}")
+        raise ArgumentValueError(f"unknown scaling {scaling!r}; choose one of {SCALINGS}")
     if scaling == "ntk":
         if weights is not None:
-            raise ValueError("weights are only meaningful in the mean-field scaling")
+            raise ArgumentValueError("weights are only meaningful in the mean-field scaling")
         return torch.full((m,), 1.0 / math.sqrt(m), dtype=like.dtype, device=like.device)
     if weights is None:
         return torch.full((m,), 1.0 / m, dtype=like.dtype, device=like.device)
     if weights.shape != (m,):
-        raise ValueError(f"weights must have shape ({m},), got {tuple(weights.shape)}")
+        raise ArgumentValueError(f"weights must have shape ({m},), got {tuple(weights.shape)}")
     return weights / weights.sum()
 
 
@@ -123,7 +126,7 @@ def _chunk(m: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         return max(MIN_CHUNK, DEFAULT_CHUNK_ELEMENTS // max(m, 1))
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ArgumentValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return chunk_size
 
 
@@ -133,7 +136,7 @@ def _activate(Z: torch.Tensor, activation: str) -> torch.Tensor:
         return Z.clamp_min_(0)
     if activation == "tanh":
         return Z.tanh_()
-    raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    raise ArgumentValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
 
 
 def _derivative(H: torch.Tensor, activation: str) -> torch.Tensor:
@@ -291,9 +294,9 @@ def train(a: torch.Tensor, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor, *,
     _validate(a, W, X, y)
     for name, t in (("a", a), ("W", W), ("X", X), ("y", y)):
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite values; clean it first")
+            raise ArgumentValueError(f"{name} contains NaN or infinite values; clean it first")
     if not lr > 0 or steps < 0 or record_every < 1 or temperature < 0:
-        raise ValueError("need lr > 0, steps >= 0, record_every >= 1, temperature >= 0")
+        raise ArgumentValueError("need lr > 0, steps >= 0, record_every >= 1, temperature >= 0")
     if test is not None:
         _validate(a, W, test[0], test[1])
     m = a.shape[0]

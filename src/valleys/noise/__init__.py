@@ -1,19 +1,19 @@
 """Gradient noise: mini-batch noise at θ, Adam's effective noise, α-stable laws, tail index.
 
-* :mod:`~valleys.noise.minibatch`: mini-batch gradients (vectorized), noise samples, the noise
+* :mod:`~valleys.noise._minibatch`: mini-batch gradients (vectorized), noise samples, the noise
   covariance ``(n−B)/(B(n−1))·C`` as an operator, its spectrum and alignment with the Hessian.
-* :mod:`~valleys.noise.adam`: Adam's preconditioned and averaged effective noise.
-* :mod:`~valleys.noise.stable`: α-stable samples in torch (Chambers–Mallows–Stuck).
-* :mod:`~valleys.noise.tail_index`: the block-sum tail-index estimator and an ML α-stable fit.
+* :mod:`~valleys.noise._adam`: Adam's preconditioned and averaged effective noise.
+* :mod:`~valleys.noise._stable`: α-stable samples in torch (Chambers–Mallows–Stuck).
+* :mod:`~valleys.noise._tail_index`: the block-sum tail-index estimator and an ML α-stable fit.
 """
 
-from valleys.noise.adam import (
+from valleys.noise._adam import (
     adam_noise_covariance,
     adam_noise_samples,
     averaging_factor,
     stationary_second_moment,
 )
-from valleys.noise.minibatch import (
+from valleys.noise._minibatch import (
     NoiseStatistics,
     batch_indices,
     hessian_alignment,
@@ -25,8 +25,8 @@ from valleys.noise.minibatch import (
     noise_statistics,
     subspace_overlap,
 )
-from valleys.noise.stable import isotropic_stable, stable_rvs
-from valleys.noise.tail_index import StableFit, TailIndexResult, fit_stable, tail_index
+from valleys.noise._stable import isotropic_stable, stable_rvs
+from valleys.noise._tail_index import StableFit, TailIndexResult, fit_stable, tail_index
 
 __all__ = [
     "NoiseStatistics",

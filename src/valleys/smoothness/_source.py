@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.losses import LossFn, resolve_loss
 from valleys.objective import Objective, _refuse_train_mode
 
@@ -76,7 +77,7 @@ class _Source:
             self.names = [k for k, p in named.items() if p.requires_grad]
             variable = [named[k] for k in self.names]
             if len({(p.dtype, p.device) for p in variable}) > 1:
-                raise TypeError("all trainable parameters must share one dtype and device")
+                raise ArgumentTypeError("all trainable parameters must share one dtype and device")
             if variable:
                 self.dtype, self.device = variable[0].dtype, variable[0].device
             elif X is not None:
@@ -89,8 +90,9 @@ class _Source:
             fixed.update({k: v.detach() for k, v in source.named_buffers()})
             self._fixed = fixed
             if theta is not None:
-                raise TypeError("theta= is only accepted with an Objective; pass the model's "
-                                "parameters by setting them on the model")
+                raise ArgumentTypeError(
+                    "theta= is only accepted with an Objective; pass the model's "
+                    "parameters by setting them on the model")
             self.theta = (torch.cat([p.detach().reshape(-1) for p in variable]) if variable
                           else torch.zeros(0, dtype=self.dtype, device=self.device))
             self.forward_theta = self._model_forward
@@ -99,9 +101,10 @@ class _Source:
             else:
                 self.loss_name, self.loss_fn = resolve_loss(loss)
             if X is None:
-                raise TypeError("with a plain nn.Module, pass the inputs X (or give an Objective)")
+                raise ArgumentTypeError(
+                    "with a plain nn.Module, pass the inputs X (or give an Objective)")
         else:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"expected a valleys.Objective or a torch.nn.Module, got {type(source).__name__}"
             )
         self.theta = self.theta.detach()
@@ -131,7 +134,7 @@ class _Source:
         step = _DEFAULT_CHUNK if chunk_size is None else chunk_size
         if self.X is not None:
             if need_targets and self.Y is None:
-                raise ValueError("targets Y are needed for this quantity; pass Y")
+                raise ArgumentValueError("targets Y are needed for this quantity; pass Y")
             sources: Any = [(self.X, self.Y)]
         else:
             sources = self.objective.chunks()
@@ -150,7 +153,7 @@ class _Source:
             with torch.no_grad():
                 return self.forward(X[:2])
         except RuntimeError as err:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"the model cannot be evaluated on inputs of shape {tuple(X.shape)} "
                 f"(one sample: {tuple(X.shape[1:])}): {err}"
             ) from err
@@ -166,33 +169,37 @@ def _check_data(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if X is None:
         if Y is not None:
-            raise ValueError("targets Y were given without inputs X")
+            raise ArgumentValueError("targets Y were given without inputs X")
         return None, None
     if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch tensor, got {type(X).__name__}")
+        raise ArgumentTypeError(f"X must be a torch tensor, got {type(X).__name__}")
     if X.ndim < 1 or X.shape[0] == 0:
-        raise ValueError(f"X needs a leading batch dimension with at least one sample, got "
-                         f"shape {tuple(X.shape)}")
+        raise ArgumentValueError(f"X needs a leading batch dimension with at least one sample, got "
+                                 f"shape {tuple(X.shape)}")
     if not X.is_floating_point():
-        raise TypeError(f"inputs must be floating point to be differentiated, got {X.dtype}")
+        raise ArgumentTypeError(
+            f"inputs must be floating point to be differentiated, got {X.dtype}")
     if X.dtype != dtype:
-        raise TypeError(f"inputs are {X.dtype} but the model's parameters are {dtype}; convert "
-                        f"one of them (X.to({dtype}) or model.to({X.dtype}))")
+        raise ArgumentTypeError(
+            f"inputs are {X.dtype} but the model's parameters are {dtype}; convert "
+            f"one of them (X.to({dtype}) or model.to({X.dtype}))")
     if not torch.isfinite(X).all():
-        raise ValueError("the inputs contain NaN or infinite values")
+        raise ArgumentValueError("the inputs contain NaN or infinite values")
     if Y is not None:
         if not isinstance(Y, torch.Tensor):
-            raise TypeError(f"Y must be a torch tensor, got {type(Y).__name__}")
+            raise ArgumentTypeError(f"Y must be a torch tensor, got {type(Y).__name__}")
         if Y.ndim < 1 or Y.shape[0] != X.shape[0]:
-            raise ValueError(f"X and Y must have the same number of samples along dim 0, got "
-                             f"X{tuple(X.shape)} and Y{tuple(Y.shape)}")
+            raise ArgumentValueError(
+                f"X and Y must have the same number of samples along dim 0, got "
+                f"X{tuple(X.shape)} and Y{tuple(Y.shape)}")
         if Y.is_floating_point() and Y.dtype != dtype:
-            raise TypeError(f"targets are {Y.dtype} but the model's parameters are {dtype}")
+            raise ArgumentTypeError(f"targets are {Y.dtype} but the model's parameters are {dtype}")
     return X, Y
 
 
 def _check_chunk(chunk_size: int | None) -> int | None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, numbers.Integral) or chunk_size <= 0):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        raise ArgumentValueError(
+            f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     return chunk_size

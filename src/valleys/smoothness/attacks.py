@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.smoothness._source import Source, _Record, _Source
 
 __all__ = ["RobustnessResult", "adversarial_accuracy", "fgsm", "pgd"]
@@ -69,28 +70,28 @@ def _labels(Y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Integer labels from int labels or one-hot/probability targets (argmax)."""
     if Y.is_floating_point():
         if Y.ndim != 2 or Y.shape[1] != num_classes:
-            raise ValueError(f"float targets must be one-hot/probabilities of shape (n, "
-                             f"{num_classes}), got {tuple(Y.shape)}")
+            raise ArgumentValueError(f"float targets must be one-hot/probabilities of shape (n, "
+                                     f"{num_classes}), got {tuple(Y.shape)}")
         return Y.argmax(dim=1)
     if Y.dtype == torch.bool or Y.ndim != 1:
-        raise ValueError(f"integer labels must have shape (n,), got {tuple(Y.shape)} "
-                         f"({Y.dtype})")
+        raise ArgumentValueError(f"integer labels must have shape (n,), got {tuple(Y.shape)} "
+                                 f"({Y.dtype})")
     if Y.numel() and (int(Y.min()) < 0 or int(Y.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got "
-                         f"[{int(Y.min())}, {int(Y.max())}]")
+        raise ArgumentValueError(f"labels must lie in [0, {num_classes}), got "
+                                 f"[{int(Y.min())}, {int(Y.max())}]")
     return Y.long()
 
 
 def _check_norm(norm: str) -> str:
     if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        raise ArgumentValueError(f"norm must be one of {NORMS}, got {norm!r}")
     return norm
 
 
 def _check_eps(eps: Any, what: str = "radius") -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) \
             or eps < 0:
-        raise ValueError(f"{what} must be a non-negative finite number, got {eps!r}")
+        raise ArgumentValueError(f"{what} must be a non-negative finite number, got {eps!r}")
     return float(eps)
 
 
@@ -99,12 +100,13 @@ def _check_clamp(clamp: Any, X: torch.Tensor) -> tuple[float, float] | None:
         return None
     if not (isinstance(clamp, Sequence) and len(clamp) == 2
             and all(isinstance(c, numbers.Real) for c in clamp)):
-        raise TypeError(f"clamp must be a pair (low, high) of numbers or None, got {clamp!r}")
+        raise ArgumentTypeError(
+            f"clamp must be a pair (low, high) of numbers or None, got {clamp!r}")
     lo, hi = float(clamp[0]), float(clamp[1])
     if not lo < hi:
-        raise ValueError(f"clamp needs low < high, got {clamp!r}")
+        raise ArgumentValueError(f"clamp needs low < high, got {clamp!r}")
     if float(X.min()) < lo or float(X.max()) > hi:
-        raise ValueError(f"the inputs lie outside the clamp box [{lo}, {hi}]")
+        raise ArgumentValueError(f"the inputs lie outside the clamp box [{lo}, {hi}]")
     return lo, hi
 
 
@@ -197,12 +199,12 @@ def _attack_setup(source, X, Y, theta, allow_train_mode, norm, clamp):
         Xall, Yall = torch.cat(Xs), torch.cat(Ys)
     else:
         if src.Y is None:
-            raise ValueError("attacks need targets Y (int labels or one-hot targets)")
+            raise ArgumentValueError("attacks need targets Y (int labels or one-hot targets)")
         Xall, Yall = src.X.to(src.device), src.Y.to(src.device)
     out = src.probe(Xall)
     if out.ndim != 2:
-        raise ValueError(f"attacks need logits of shape (batch, classes), got "
-                         f"{tuple(out.shape)}")
+        raise ArgumentValueError(f"attacks need logits of shape (batch, classes), got "
+                                 f"{tuple(out.shape)}")
     labels = _labels(Yall, out.shape[1])
     box = _check_clamp(clamp, Xall)
     return src, Xall, labels, box
@@ -210,7 +212,7 @@ def _attack_setup(source, X, Y, theta, allow_train_mode, norm, clamp):
 
 def _check_steps(steps: Any) -> int:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise ArgumentValueError(f"steps must be a positive integer, got {steps!r}")
     return int(steps)
 
 
@@ -219,7 +221,7 @@ def _check_rel_step(rel_step_size: Any, steps: int) -> float:
         return 2.5 / steps
     if isinstance(rel_step_size, bool) or not isinstance(rel_step_size, numbers.Real) \
             or not math.isfinite(rel_step_size) or rel_step_size <= 0:
-        raise ValueError(f"rel_step_size must be a positive number, got {rel_step_size!r}")
+        raise ArgumentValueError(f"rel_step_size must be a positive number, got {rel_step_size!r}")
     return float(rel_step_size)
 
 
@@ -289,7 +291,7 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator |
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        raise ArgumentValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
@@ -337,19 +339,19 @@ def adversarial_accuracy(
     """
     t0 = time.perf_counter()
     if attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+        raise ArgumentValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     _check_norm(norm)
     if isinstance(radii, numbers.Real) and not isinstance(radii, bool):
         radii = [radii]
     if isinstance(radii, torch.Tensor):
         radii = radii.reshape(-1).tolist()
     if isinstance(radii, str) or not isinstance(radii, Sequence) or len(radii) == 0:
-        raise ValueError(f"radii must be a non-empty sequence of non-negative numbers, got "
-                         f"{radii!r}")
+        raise ArgumentValueError(f"radii must be a non-empty sequence of non-negative numbers, got "
+                                 f"{radii!r}")
     eps_list = [_check_eps(r, "every radius") for r in radii]
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
             or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ArgumentValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if attack == "pgd":
         steps = _check_steps(steps)
         rel = _check_rel_step(rel_step_size, steps)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.linalg import trace as _trace
 from valleys.models import MLP
 from valleys.objective import Objective
@@ -138,7 +139,7 @@ def find_first_layer(source: Source, first_layer: str | None = None) -> str:
     """
     model = source.model if isinstance(source, Objective) else source
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an Objective or nn.Module, got {type(source).__name__}")
+        raise ArgumentTypeError(f"expected an Objective or nn.Module, got {type(source).__name__}")
     named = dict(model.named_parameters())
     if first_layer is None:
         if isinstance(model, nn.Linear):
@@ -148,24 +149,27 @@ def find_first_layer(source: Source, first_layer: str | None = None) -> str:
         elif isinstance(model, nn.Sequential):
             first_layer = _first_linear(model, "")
         if first_layer is None:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"cannot identify the first layer of a {type(model).__name__} (automatic only "
                 "for nn.Sequential and valleys.models.MLP starting with nn.Linear); name the "
                 "weight that multiplies the input, e.g. first_layer='net.0.weight'"
             )
     if not isinstance(first_layer, str):
-        raise TypeError(f"first_layer must be a parameter name, got {type(first_layer).__name__}")
+        raise ArgumentTypeError(
+            f"first_layer must be a parameter name, got {type(first_layer).__name__}")
     if first_layer not in named:
-        raise ValueError(f"first_layer {first_layer!r} is not a parameter of the model; "
-                         f"parameters: {list(named)[:6]}{' ...' if len(named) > 6 else ''}")
+        raise ArgumentValueError(f"first_layer {first_layer!r} is not a parameter of the model; "
+                                 f"parameters: {list(named)[:6]}{' ...' if len(named) > 6 else ''}")
     if named[first_layer].ndim != 2:
-        raise ValueError(f"first_layer {first_layer!r} must be a 2-D weight (out, in), got shape "
-                         f"{tuple(named[first_layer].shape)}")
+        raise ArgumentValueError(
+            f"first_layer {first_layer!r} must be a 2-D weight (out, in), got shape "
+            f"{tuple(named[first_layer].shape)}")
     names = source.names if isinstance(source, Objective) else [
         k for k, p in named.items() if p.requires_grad]
     if first_layer not in names:
-        raise ValueError(f"first_layer {first_layer!r} is not part of θ (frozen or excluded by "
-                         "params=); the bound needs its curvature")
+        raise ArgumentValueError(
+            f"first_layer {first_layer!r} is not part of θ (frozen or excluded by "
+            "params=); the bound needs its curvature")
     return first_layer
 
 
@@ -177,9 +181,10 @@ def _first_layer_pass(
     W = src.theta[start:start + numel].reshape(shape)
     X0, _ = next(src.batches(1))
     if X0[0].numel() != W.shape[1]:
-        raise ValueError(f"first_layer {name!r} has input dimension {W.shape[1]} but a sample "
-                         f"has {X0[0].numel()} entries; name the weight that multiplies the "
-                         "input")
+        raise ArgumentValueError(
+            f"first_layer {name!r} has input dimension {W.shape[1]} but a sample "
+            f"has {X0[0].numel()} entries; name the weight that multiplies the "
+            "input")
     jac_x = _input_jacobian_fn(src)
     for X, Y, G in _iter_parameter_jacobians(src, chunk_size, name=name):  # (c, K, h, d)
         x = X.reshape(X.shape[0], -1)
@@ -286,17 +291,18 @@ def first_layer_bound(
         A :class:`FirstLayerBound`.
     """
     if not isinstance(objective, Objective):
-        raise TypeError(f"first_layer_bound needs a valleys.Objective, got "
-                        f"{type(objective).__name__}")
+        raise ArgumentTypeError(f"first_layer_bound needs a valleys.Objective, got "
+                                f"{type(objective).__name__}")
     if objective.loss_name != "mse":
-        raise ValueError(f"the first-layer bound is derived for the square loss 'mse' "
-                         f"(½ Σ_k (f_k − y_k)²); the objective uses {objective.loss_name!r}")
+        raise ArgumentValueError(
+            f"the first-layer bound is derived for the square loss 'mse' "
+            f"(½ Σ_k (f_k − y_k)²); the objective uses {objective.loss_name!r}")
     if matrix not in ("hessian", "ggn"):
-        raise ValueError(f"matrix must be 'hessian' or 'ggn', got {matrix!r}")
+        raise ArgumentValueError(f"matrix must be 'hessian' or 'ggn', got {matrix!r}")
     if trace_method not in ("auto", "exact", "hutch++", "hutchinson"):
-        raise ValueError(f"unknown trace_method {trace_method!r}")
+        raise ArgumentValueError(f"unknown trace_method {trace_method!r}")
     if not (isinstance(interpolation_tol, numbers.Real) and interpolation_tol >= 0):
-        raise ValueError(f"interpolation_tol must be >= 0, got {interpolation_tol!r}")
+        raise ArgumentValueError(f"interpolation_tol must be >= 0, got {interpolation_tol!r}")
     _check_chunk(chunk_size)
     src = _Source(objective, None, None, theta=theta)
     name = find_first_layer(objective, first_layer)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.func import jacrev, vmap
 
+from valleys.errors import ArgumentValueError
 from valleys.losses import LossFn, check_targets
 from valleys.smoothness._source import (
     _DEFAULT_CHUNK,
@@ -104,7 +105,8 @@ def loss_input_gradients(
     src = _Source(source, X, Y, theta=theta, loss=loss, allow_train_mode=allow_train_mode)
     _check_chunk(chunk_size)
     if src.loss_fn is None:
-        raise ValueError("loss_input_gradients needs a loss: pass loss='mse', 'ce' or a callable")
+        raise ArgumentValueError(
+            "loss_input_gradients needs a loss: pass loss='mse', 'ce' or a callable")
     return torch.cat(list(_iter_loss_input_gradients(src, chunk_size)))
 
 

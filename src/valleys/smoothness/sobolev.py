@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from valleys.errors import ArgumentValueError
 from valleys.losses import LossFn
 from valleys.smoothness._source import Source, _check_chunk, _Record, _Source
 from valleys.smoothness.input_gradients import (
@@ -70,13 +71,14 @@ class SmoothnessReport(_Record):
 
 def _check_k(k: float) -> float:
     if isinstance(k, bool) or not isinstance(k, numbers.Real) or not math.isfinite(k) or k <= 0:
-        raise ValueError(f"k must be a positive finite number, got {k!r}")
+        raise ArgumentValueError(f"k must be a positive finite number, got {k!r}")
     return float(k)
 
 
 def _check_normalization(normalization: str) -> str:
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        raise ArgumentValueError(
+            f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     return normalization
 
 
@@ -139,7 +141,7 @@ def coordinate_norm(
     k = _check_k(k)
     _check_normalization(normalization)
     if not isinstance(jacobians, torch.Tensor) or jacobians.ndim < 2:
-        raise ValueError("jacobians must be a tensor of shape (n, K, ...) with n, K >= 1")
+        raise ArgumentValueError("jacobians must be a tensor of shape (n, K, ...) with n, K >= 1")
     acc = _PowerSum(2 * k)
     acc.add(jacobians)
     n, K = jacobians.shape[0], jacobians.shape[1]

@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from valleys._checks import positive_real
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 
 
@@ -20,18 +21,19 @@ def check_lr(lr: object) -> float:
 def check_n(n: object) -> int:
     """A sample count ``n >= 1`` as an int."""
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n (the number of training samples) must be an integer >= 1, got {n!r}")
+        raise ArgumentValueError(
+            f"n (the number of training samples) must be an integer >= 1, got {n!r}")
     return int(n)
 
 
 def check_batch_size(batch_size: object, n: int) -> int:
     """A batch size ``1 <= B <= n`` as an int (batches are drawn without replacement)."""
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
-        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+        raise ArgumentValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ArgumentValueError(f"batch_size must be at least 1, got {batch_size}")
     if batch_size > n:
-        raise ValueError(
+        raise ArgumentValueError(
             f"batch_size={batch_size} exceeds the number of samples n={n}; mini-batches are "
             f"drawn without replacement, so use batch_size <= n (batch_size={n} is full-batch GD)"
         )
@@ -43,12 +45,12 @@ def check_finite(value: object, name: str, *, nonnegative: bool = False) -> floa
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+        raise ArgumentValueError(f"{name} must be a finite real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ArgumentValueError(f"{name} must be finite, got {value!r}")
     if nonnegative and value < 0:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{name} must be non-negative, got {value!r} (the non-uniformity is sqrt(λ_max(Σ)) "
             "with Σ positive semi-definite)"
         )
@@ -62,13 +64,13 @@ def check_tol(tol: object, name: str = "tol") -> float:
         or not math.isfinite(tol)
         or not 0 < tol < 1
     ):
-        raise ValueError(f"{name} must be a number in (0, 1), e.g. 1e-6, got {tol!r}")
+        raise ArgumentValueError(f"{name} must be a number in (0, 1), e.g. 1e-6, got {tol!r}")
     return float(tol)
 
 
 def check_objective(obj: object, caller: str) -> Objective:
     if not isinstance(obj, Objective):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{caller} needs a valleys.Objective, got {type(obj).__name__}; build one with "
             "valleys.Objective(model, loss, (X, Y))"
         )

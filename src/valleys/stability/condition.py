@@ -47,6 +47,7 @@ import torch
 
 from valleys._checks import integer
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import (
@@ -82,12 +83,12 @@ CURVATURES = ("hessian", "ggn")
 
 def _check_curvature(curvature: str, method: str) -> str:
     if curvature not in CURVATURES:
-        raise ValueError(
+        raise ArgumentValueError(
             f"curvature must be one of {CURVATURES} (the per-sample matrices H_i: exact "
             f"Hessians, or Gauss–Newton parts J_iᵀΛ_iJ_i), got {curvature!r}"
         )
     if curvature == "ggn" and method != "auto":
-        raise ValueError(
+        raise ArgumentValueError(
             f"method={method!r} selects a Hessian-variance algorithm; with curvature='ggn' the "
             "GGN variance has one algorithm, so leave method='auto'"
         )

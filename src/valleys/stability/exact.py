@@ -38,10 +38,11 @@ import torch
 from torch.func import grad, jacfwd, jacrev, vmap
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import LambdaOperator
-from valleys.operators.hessian_variance import (
+from valleys.operators._hessian_variance import (
     CHECK_SAMPLES,
     first_agreeing,
     first_samples,
@@ -76,7 +77,7 @@ _BLOCK_ELEMENTS = 2**24
 
 def _check_dim(p: int, max_dim: int) -> None:
     if p > max_dim:
-        raise ValueError(
+        raise ArgumentValueError(
             f"the exact mean-square test builds n dense {p}x{p} per-sample Hessians and works "
             f"on {p}x{p} matrices of the second moment; p = {p} exceeds max_dim = {max_dim}. "
             "Use valleys.stability.stability_analysis (the sufficient condition, operator-based) "
@@ -103,7 +104,8 @@ def per_sample_hessians(
         ValueError: if ``p > max_dim`` (default 200).
     """
     if not isinstance(obj, Objective):
-        raise TypeError(f"per_sample_hessians needs a valleys.Objective, got {type(obj).__name__}")
+        raise ArgumentTypeError(
+            f"per_sample_hessians needs a valleys.Objective, got {type(obj).__name__}")
     obj.require_single_process("per_sample_hessians")
     _check_dim(obj.dim, max_dim)
     theta = obj.resolve_theta(theta).detach()
@@ -170,19 +172,19 @@ def _choose_hessian_algorithm(obj: Objective, theta: torch.Tensor) -> str:
 
 def _check_hessians(hessians: object, max_dim: int) -> torch.Tensor:
     if not isinstance(hessians, torch.Tensor) or hessians.ndim != 3:
-        raise TypeError(
+        raise ArgumentTypeError(
             "expected a valleys.Objective or a tensor of per-sample Hessians of shape (n, p, p), "
             f"got {type(hessians).__name__} of shape {tuple(getattr(hessians, 'shape', ()))}"
         )
     n, p, q = hessians.shape
     if p != q or n < 1:
-        raise ValueError(f"per-sample Hessians must have shape (n, p, p), got {(n, p, q)}")
+        raise ArgumentValueError(f"per-sample Hessians must have shape (n, p, p), got {(n, p, q)}")
     if not hessians.is_floating_point() or not torch.isfinite(hessians).all():
-        raise ValueError("per-sample Hessians must be finite floating-point matrices")
+        raise ArgumentValueError("per-sample Hessians must be finite floating-point matrices")
     _check_dim(p, max_dim)
     scale = max(float(hessians.abs().max()), 1.0)
     if not torch.allclose(hessians, hessians.transpose(1, 2), atol=1e-6 * scale, rtol=0):
-        raise ValueError("per-sample Hessians must be symmetric")
+        raise ArgumentValueError("per-sample Hessians must be symmetric")
     return (hessians + hessians.transpose(1, 2)) / 2
 
 
@@ -303,7 +305,7 @@ def exact_mean_square(
     c = sgd_noise_factor(n, batch_size)
     tol = default_tol(Hs.dtype) if tol is None else check_tol(tol)
     if method not in ("auto", "dense", "lanczos"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+        raise ArgumentValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
     if method == "auto":
         method = "dense" if p <= _DENSE_DIM else "lanczos"
     if p == 1:

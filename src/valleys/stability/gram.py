@@ -59,6 +59,7 @@ from valleys._linear_layers import (
     linear_layers,
 )
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import LambdaOperator
@@ -199,17 +200,17 @@ def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
     obj = check_objective(obj, "the Gram path")
     obj.require_single_process("the Gram path")
     if obj.loss_name != "mse":
-        raise ValueError(
+        raise ArgumentValueError(
             f"the Gram path needs the square loss ('mse'), whose per-sample Hessians at "
             f"interpolation are J_iᵀJ_i; this objective uses {obj.loss_name!r}. Use "
             "valleys.stability.stability_analysis instead."
         )
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ArgumentValueError(f"method must be one of {METHODS}, got {method!r}")
     if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        raise ArgumentValueError(f"form must be one of {FORMS}, got {form!r}")
     if form == "factored" and method == "jacobian":
-        raise ValueError(
+        raise ArgumentValueError(
             "form='factored' needs method='linear-layers' (the layer factors); the jacobian "
             "method always forms G densely"
         )
@@ -230,7 +231,7 @@ def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
                     return _DenseGram(G, n, K), r, "linear-layers", "dense"
                 return _FactoredGram(factors, n, K), r, "linear-layers", "factored"
         if method == "linear-layers" or form == "factored":
-            raise ValueError(f"method='linear-layers' does not apply: {reason}")
+            raise ArgumentValueError(f"method='linear-layers' does not apply: {reason}")
     G, r = _gram_jacobian(obj, theta, dtype)
     n, K = r.shape
     return _DenseGram(G, n, K), r, "jacobian", "dense"

@@ -26,6 +26,7 @@ import math
 import numbers
 
 from valleys._checks import positive_real
+from valleys.errors import ArgumentValueError
 
 __all__ = ["OPTIMIZER_THRESHOLDS", "threshold"]
 
@@ -44,7 +45,7 @@ _DEFAULTS = {"beta": 0.9, "beta1": 0.9}
 def _momentum(name: str, value: object) -> float:
     if (not isinstance(value, numbers.Real) or isinstance(value, bool)
             or not math.isfinite(value) or not 0 <= value < 1):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise ArgumentValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -67,7 +68,7 @@ def threshold(optimizer: str, lr: float, **hyper: float) -> float:
             finite, a momentum outside ``[0, 1)``, or a keyword the optimizer does not take.
     """
     if optimizer not in OPTIMIZER_THRESHOLDS:
-        raise ValueError(
+        raise ArgumentValueError(
             f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_THRESHOLDS)}"
         )
     lr = positive_real(lr, "lr")
@@ -75,7 +76,7 @@ def threshold(optimizer: str, lr: float, **hyper: float) -> float:
     unexpected = sorted(set(hyper) - ({key} if key else set()))
     if unexpected:
         takes = f"only {key!r}" if key else "no hyperparameters"
-        raise ValueError(f"threshold({optimizer!r}) takes {takes}, got {unexpected}")
+        raise ArgumentValueError(f"threshold({optimizer!r}) takes {takes}, got {unexpected}")
     if key is None:
         return 2.0 / lr
     beta = _momentum(key, hyper.get(key, _DEFAULTS[key]))

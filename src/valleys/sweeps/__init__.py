@@ -13,10 +13,10 @@ kill runs only what is missing. Divergence is an outcome: raise :class:`Diverged
 non-finite ``loss`` and the run is recorded as ``"diverged"`` while the sweep goes on.
 """
 
-from valleys.sweeps.grid import canonical_json, grid, run_id
-from valleys.sweeps.outcome import Diverged, Outcome, execute, is_divergent
-from valleys.sweeps.runner import EXECUTORS, run_sweep
-from valleys.sweeps.store import ResultsStore
+from valleys.sweeps._grid import canonical_json, grid, run_id
+from valleys.sweeps._outcome import Diverged, Outcome, execute, is_divergent
+from valleys.sweeps._runner import EXECUTORS, run_sweep
+from valleys.sweeps._store import ResultsStore
 
 __all__ = [
     "EXECUTORS",

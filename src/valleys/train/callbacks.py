@@ -5,7 +5,7 @@ into the step's record (one row of the tidy table). The callbacks here are small
 
 * :class:`SharpnessTracker` computes the top-``k`` eigenvalues of the training-loss Hessian
   ``H = ∇²L(θ)``, **warm-started** from the previous evaluation's top Ritz vectors (block
-  Davidson, :func:`valleys.linalg.lanczos.block_eigsh`; cold starts use thick-restart Lanczos,
+  Davidson, :func:`valleys.linalg.block_eigsh`; cold starts use thick-restart Lanczos,
   :func:`valleys.linalg.eigsh`), and the projections ``⟨θ, v_i⟩`` of the iterate on
   them. With ``preconditioned=True`` it tracks ``λ_i(P⁻¹H)`` instead, through the symmetric form
   ``P^{-1/2} H P^{-1/2}`` (same spectrum), with ``P`` read from the optimizer's state at each call
@@ -24,11 +24,12 @@ from typing import Any
 import torch
 
 from valleys._checks import positive_real, seed_value
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.linalg import eigsh
-from valleys.linalg.lanczos import block_eigsh
+from valleys.linalg._lanczos import block_eigsh
 from valleys.objective import Objective
 from valleys.operators import hessian
-from valleys.operators.base import LinearOperator
+from valleys.operators._base import LinearOperator
 
 __all__ = [
     "PreconditionedOperator",
@@ -50,11 +51,12 @@ class PreconditionedOperator(LinearOperator):
 
     def __init__(self, op: LinearOperator, diagonal: torch.Tensor) -> None:
         if not isinstance(op, LinearOperator) or not op.symmetric:
-            raise TypeError("PreconditionedOperator needs a symmetric valleys LinearOperator")
+            raise ArgumentTypeError(
+                "PreconditionedOperator needs a symmetric valleys LinearOperator")
         if not isinstance(diagonal, torch.Tensor) or diagonal.shape != (op.size,):
-            raise ValueError(f"the preconditioner diagonal must have shape ({op.size},)")
+            raise ArgumentValueError(f"the preconditioner diagonal must have shape ({op.size},)")
         if not torch.isfinite(diagonal).all() or not bool((diagonal > 0).all()):
-            raise ValueError("the preconditioner diagonal must be positive and finite")
+            raise ArgumentValueError("the preconditioner diagonal must be positive and finite")
         super().__init__(op.size, op.dtype, op.device, symmetric=True)
         self.op = op
         self.scale = diagonal.to(dtype=op.dtype, device=op.device).rsqrt()
@@ -86,7 +88,7 @@ def optimizer_preconditioner(
     group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])),
                  None)
     if group is None:
-        raise ValueError("param is not one of the optimizer's parameters")
+        raise ArgumentValueError("param is not one of the optimizer's parameters")
     state = optimizer.state.get(param, {})
     eps = group["eps"] if "eps" in group else None
     if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
@@ -106,7 +108,7 @@ def optimizer_preconditioner(
         if int(state.get("step", 0)) == 0:
             return None
         return state["sum"].sqrt() + eps
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{type(optimizer).__name__} has no diagonal preconditioner; preconditioned sharpness "
         "is defined for Adam, AdamW, RMSprop and Adagrad (use the plain sharpness for SGD)"
     )
@@ -130,7 +132,7 @@ class SharpnessTracker:
     warm_block`` Ritz vectors (default ``2k + 1``), each perturbed by ``warm_noise`` times a
     seeded random unit vector, seed a Rayleigh–Ritz basis that grows by one residual per
     product (Davidson's method without a preconditioner,
-    :func:`valleys.linalg.lanczos.block_eigsh`; from one vector it spans Lanczos' Krylov
+    :func:`valleys.linalg.block_eigsh`; from one vector it spans Lanczos' Krylov
     spaces). Keeping the neighbours of the top eigenvectors in the basis matters at the edge
     of stability, where many eigenvalues cluster around ``2/η`` and the top eigenvector
     rotates inside the cluster between evaluations: on the edge-of-stability reproduction the
@@ -186,24 +188,28 @@ class SharpnessTracker:
         ncv: int | None = None,
     ) -> None:
         if not isinstance(objective, Objective):
-            raise TypeError(f"SharpnessTracker needs a valleys.Objective, got {type(objective)}")
+            raise ArgumentTypeError(
+                f"SharpnessTracker needs a valleys.Objective, got {type(objective)}")
         for name, value in (("k", k), ("every", every)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ArgumentValueError(f"{name} must be a positive integer, got {value!r}")
         if k >= objective.dim:
-            raise ValueError(f"k must be smaller than the number of parameters {objective.dim}")
+            raise ArgumentValueError(
+                f"k must be smaller than the number of parameters {objective.dim}")
         if which not in ("largest", "magnitude"):
-            raise ValueError(f"which must be 'largest' or 'magnitude', got {which!r}")
+            raise ArgumentValueError(f"which must be 'largest' or 'magnitude', got {which!r}")
         if not (isinstance(warm_noise, numbers.Real) and 0 <= warm_noise < 1):
-            raise ValueError(f"warm_noise must lie in [0, 1), got {warm_noise!r}")
+            raise ArgumentValueError(f"warm_noise must lie in [0, 1), got {warm_noise!r}")
         if warm_block is not None:
             if (not isinstance(warm_block, numbers.Integral) or isinstance(warm_block, bool)
                     or not k <= warm_block < objective.dim):
-                raise ValueError(f"warm_block must be None or an integer m with k = {k} <= m < "
-                                 f"{objective.dim} (the number of parameters), got {warm_block!r}")
+                raise ArgumentValueError(
+                    f"warm_block must be None or an integer m with k = {k} <= m < "
+                    f"{objective.dim} (the number of parameters), got {warm_block!r}")
             if not warm_start:
-                raise ValueError("warm_block needs warm_start=True (it is a kind of warm start); "
-                                 "for the cold baseline leave warm_block=None")
+                raise ArgumentValueError(
+                    "warm_block needs warm_start=True (it is a kind of warm start); "
+                    "for the cold baseline leave warm_block=None")
             warm_block = int(warm_block)
         elif warm_start:
             warm_block = min(2 * int(k) + 1, objective.dim - 1)
@@ -219,8 +225,8 @@ class SharpnessTracker:
         self.max_matvecs = max_matvecs
         if ncv is not None and (not isinstance(ncv, numbers.Integral) or isinstance(ncv, bool)
                                 or ncv < self.k + 2):
-            raise ValueError(f"ncv must be None or an integer >= k + 2 = {self.k + 2}, got "
-                             f"{ncv!r}")
+            raise ArgumentValueError(f"ncv must be None or an integer >= k + 2 = {self.k + 2}, got "
+                                     f"{ncv!r}")
         self.ncv = None if ncv is None else int(ncv)
         self.history: list[dict[str, Any]] = []
         self._vectors: torch.Tensor | None = None

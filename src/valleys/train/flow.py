@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 from valleys.train.callbacks import SharpnessTracker
 
@@ -38,7 +39,7 @@ __all__ = ["FlowDistance", "FlowResult", "GradientFlow", "gradient_flow"]
 def _check_positive(value: object, name: str) -> float:
     if (not isinstance(value, numbers.Real) or isinstance(value, bool)
             or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 
@@ -72,12 +73,14 @@ class GradientFlow:
         seed: int = 0,
     ) -> None:
         if not isinstance(objective, Objective):
-            raise TypeError(f"GradientFlow needs a valleys.Objective, got {type(objective)}")
+            raise ArgumentTypeError(
+                f"GradientFlow needs a valleys.Objective, got {type(objective)}")
         self.objective = objective
         self.alpha = _check_positive(alpha, "alpha")
         self.max_step = math.inf if max_step is None else _check_positive(max_step, "max_step")
         if not isinstance(sharpness_every, int) or sharpness_every < 1:
-            raise ValueError(f"sharpness_every must be a positive integer, got {sharpness_every!r}")
+            raise ArgumentValueError(
+                f"sharpness_every must be a positive integer, got {sharpness_every!r}")
         self.sharpness_every = sharpness_every
         self.theta = objective.resolve_theta(theta).detach().clone()
         self.time = 0.0
@@ -123,9 +126,10 @@ class GradientFlow:
     def advance(self, t: float) -> torch.Tensor:
         """Integrate up to flow time ``t`` (not before the current time) and return ``θ(t)``."""
         if not isinstance(t, numbers.Real) or not math.isfinite(t):
-            raise ValueError(f"the flow time must be a finite number, got {t!r}")
+            raise ArgumentValueError(f"the flow time must be a finite number, got {t!r}")
         if t < self.time - 1e-12 * max(1.0, abs(self.time)):
-            raise ValueError(f"the flow is at time {self.time:g}; it cannot go back to {t:g}")
+            raise ArgumentValueError(
+                f"the flow is at time {self.time:g}; it cannot go back to {t:g}")
         while not self.diverged and t - self.time > 1e-12 * max(1.0, t):
             h = min(self.step_size(), t - self.time)
             self.rk4_step(h)
@@ -181,7 +185,8 @@ def gradient_flow(
     started = time.perf_counter()
     t = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
     if t.numel() == 0 or not torch.isfinite(t).all() or (t < 0).any() or (t.diff() < 0).any():
-        raise ValueError("times must be a non-empty, non-decreasing sequence of finite times >= 0")
+        raise ArgumentValueError(
+            "times must be a non-empty, non-decreasing sequence of finite times >= 0")
     flow = GradientFlow(objective, theta, alpha=alpha, max_step=max_step,
                         sharpness_every=sharpness_every, tol=tol, seed=seed)
     thetas, losses, sharp = [], [], []

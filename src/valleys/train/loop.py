@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from valleys._checks import finite_real, integer, positive_real, seed_value
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 
 __all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainContext", "TrainResult", "train"]
@@ -147,24 +148,25 @@ def train(
     (checked at recorded steps), or when it diverges.
     """
     if not isinstance(objective, Objective):
-        raise TypeError(f"train needs a valleys.Objective, got {type(objective).__name__}; build "
-                        "one with valleys.Objective(model, loss, (X, Y))")
+        raise ArgumentTypeError(
+            f"train needs a valleys.Objective, got {type(objective).__name__}; build "
+            "one with valleys.Objective(model, loss, (X, Y))")
     if config is not None and not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a valleys.train.TrainConfig or None, got "
-                        f"{type(config).__name__}; pass settings as keywords, e.g. "
-                        "train(obj, lr=0.1, steps=100)")
+        raise ArgumentTypeError(f"config must be a valleys.train.TrainConfig or None, got "
+                                f"{type(config).__name__}; pass settings as keywords, e.g. "
+                                "train(obj, lr=0.1, steps=100)")
     config = _validated(TrainConfig(**{**asdict(config or TrainConfig()), **overrides}), objective)
     if isinstance(callbacks, str) or not isinstance(callbacks, Iterable):
-        raise TypeError(f"callbacks must be a sequence of functions cb(step, θ), got "
-                        f"{type(callbacks).__name__}; wrap a single one in a list")
+        raise ArgumentTypeError(f"callbacks must be a sequence of functions cb(step, θ), got "
+                                f"{type(callbacks).__name__}; wrap a single one in a list")
     callbacks = list(callbacks)
     for callback in callbacks:
         if not callable(callback):
-            raise TypeError(f"every callback must be callable as cb(step, θ), got "
-                            f"{type(callback).__name__}")
+            raise ArgumentTypeError(f"every callback must be callable as cb(step, θ), got "
+                                    f"{type(callback).__name__}")
     if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be a function of the step count or None, got "
-                        f"{type(progress).__name__}")
+        raise ArgumentTypeError(f"progress must be a function of the step count or None, got "
+                                f"{type(progress).__name__}")
     start = objective.resolve_theta(theta).detach().clone()
     param = torch.nn.Parameter(start.clone())
     optimizer = _make_optimizer(config, param)
@@ -172,7 +174,7 @@ def train(
     sampler = _sampler(config, objective.n, generator)
     classify = _is_classifier(objective)
     if config.accuracy_goal is not None and not classify:
-        raise ValueError(
+        raise ArgumentValueError(
             "accuracy_goal needs a classifier (loss 'ce' or one-hot targets); use loss_goal"
         )
     context = TrainContext(objective, optimizer, param, config)
@@ -232,7 +234,8 @@ def train(
 
 def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
     if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {OPTIMIZERS}")
+        raise ArgumentValueError(
+            f"unknown optimizer {config.optimizer!r}; choose one of {OPTIMIZERS}")
     config = replace(
         config,
         lr=positive_real(config.lr, "the learning rate lr"),
@@ -249,12 +252,12 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
         seed=seed_value(config.seed),
     )
     if config.sampling not in SAMPLING:
-        raise ValueError(f"unknown sampling {config.sampling!r}; choose one of {SAMPLING}")
+        raise ArgumentValueError(f"unknown sampling {config.sampling!r}; choose one of {SAMPLING}")
     if config.batch_size is not None:
         batch_size = config.batch_size
         if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
                 or not 1 <= batch_size <= objective.n):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"batch_size must be an integer in [1, n={objective.n}] or None (full batch), "
                 f"got {batch_size!r}"
             )
@@ -265,16 +268,16 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not (
         0 <= momentum < 1
     ):
-        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+        raise ArgumentValueError(f"momentum must lie in [0, 1), got {momentum!r}")
     if (not isinstance(config.betas, tuple | list) or len(config.betas) != 2
             or any(isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1
                    for b in config.betas)):
-        raise ValueError(f"betas must be a pair of numbers in [0, 1), got {config.betas!r}")
+        raise ArgumentValueError(f"betas must be a pair of numbers in [0, 1), got {config.betas!r}")
     eps = config.eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
         math.isfinite(eps) and eps >= 0
     ):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        raise ArgumentValueError(f"eps must be a finite number >= 0, got {eps!r}")
     config = replace(config, momentum=float(momentum), betas=tuple(float(b) for b in config.betas),
                      eps=float(eps))
     if config.loss_goal is not None:
@@ -282,7 +285,7 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
     goal = config.accuracy_goal
     if goal is not None and (isinstance(goal, bool) or not isinstance(goal, numbers.Real)
                              or not 0 < goal <= 1):
-        raise ValueError(f"accuracy_goal must lie in (0, 1], got {goal!r}")
+        raise ArgumentValueError(f"accuracy_goal must lie in (0, 1], got {goal!r}")
     return config
 
 

@@ -7,6 +7,8 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from valleys.errors import ArgumentValueError
+
 __all__ = ["write_tensorboard"]
 
 
@@ -40,7 +42,7 @@ def write_tensorboard(
     try:
         for record in records:
             if "step" not in record:
-                raise ValueError("every record needs a 'step' entry")
+                raise ArgumentValueError("every record needs a 'step' entry")
             step = int(record["step"])
             for key, value in record.items():
                 if key == "step" or isinstance(value, bool):

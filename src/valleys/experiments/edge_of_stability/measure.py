@@ -66,6 +66,7 @@ import torch
 
 from valleys import Objective, eigsh, hessian
 from valleys.data import load_digits
+from valleys.errors import ArgumentValueError
 from valleys.experiments.protocol import Claim, ClaimSpec, spread
 from valleys.models import MLP
 from valleys.stability.thresholds import threshold
@@ -220,7 +221,7 @@ def objective(config: Preset, seed: int, device: torch.device | str = "cpu") -> 
     """The square loss of the tanh MLP on the first ``n`` seeded digits training samples."""
     X, Y = load_digits(seed=seed, one_hot=True, dtype=torch.float32, device=device).train
     if config.n > X.shape[0]:
-        raise ValueError(f"n={config.n} exceeds the {X.shape[0]} digits training samples")
+        raise ArgumentValueError(f"n={config.n} exceeds the {X.shape[0]} digits training samples")
     model = MLP(config.widths, "tanh", seed=seed).float().to(device)
     return Objective(model, "mse", (X[: config.n].contiguous(), Y[: config.n].contiguous()))
 

@@ -51,11 +51,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from valleys._sharpness import nonuniformity, sharpness
 from valleys.data import load_digits
 from valleys.experiments.protocol import Claim, ClaimSpec, spread
 from valleys.models import MLP
 from valleys.objective import Objective
-from valleys.sharpness import nonuniformity, sharpness
 from valleys.smoothness import adversarial_accuracy, first_layer_bound, input_smoothness
 from valleys.sweeps import ResultsStore, run_id, run_sweep
 from valleys.train.loop import train

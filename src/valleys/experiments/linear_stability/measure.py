@@ -78,6 +78,7 @@ from torch.func import jvp
 
 from valleys import Objective, eigsh, ggn, ggn_variance, sharpness
 from valleys.data import load_digits
+from valleys.errors import ArgumentValueError
 from valleys.experiments.protocol import Claim, ClaimSpec, spread
 from valleys.models import MLP
 from valleys.stability import (
@@ -256,7 +257,7 @@ def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` samples of the seeded digits training split (float64, one-hot)."""
     X, Y = load_digits(seed=seed, one_hot=True, dtype=torch.float64).train
     if n > X.shape[0]:
-        raise ValueError(f"n={n} exceeds the {X.shape[0]} digits training samples")
+        raise ArgumentValueError(f"n={n} exceeds the {X.shape[0]} digits training samples")
     return X[:n].contiguous(), Y[:n].contiguous()
 
 
@@ -464,8 +465,9 @@ def _escape(obj: Objective, theta: torch.Tensor | None, gd: Mapping[str, Any], c
 def measure(config: Preset, seed: int, device: torch.device) -> dict[str, Any]:
     """All three parts for one seed (see the module docstring)."""
     if config.escape_factor not in config.gd_factors:
-        raise ValueError("escape_factor must be one of gd_factors (the escape starts from that "
-                         "GD minimum)")
+        raise ArgumentValueError(
+            "escape_factor must be one of gd_factors (the escape starts from that "
+            "GD minimum)")
     obj = _objective(config, seed, device)
     a0 = float(sharpness(obj, tol=1e-6, seed=seed))
     gd, minima = [], {}

@@ -88,6 +88,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from valleys.errors import ArgumentValueError
 from valleys.experiments.protocol import Claim, ClaimSpec, spread
 from valleys.meanfield import barron_norm, init_two_layer, mmn, path_norm
 
@@ -294,7 +295,7 @@ def integrate(a: torch.Tensor, W: torch.Tensor, d: int, h: float,
         _, va4, vW4 = population_field(a - h * va3, W - h * vW3, d)
         return (a - h / 6 * (va + 2 * va2 + 2 * va3 + va4),
                 W - h / 6 * (vW + 2 * vW2 + 2 * vW3 + vW4), risk, G)
-    raise ValueError(f"unknown integrator {method!r}; choose one of {sorted(INTEGRATORS)}")
+    raise ArgumentValueError(f"unknown integrator {method!r}; choose one of {sorted(INTEGRATORS)}")
 
 
 def _balancedness(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ from scipy.optimize import minimize_scalar
 
 from valleys import Objective, eigsh, hessian
 from valleys.data import load_digits
+from valleys.errors import ArgumentValueError
 from valleys.experiments.protocol import Claim, ClaimSpec, spread
 from valleys.landscape import loss_along_line, top_eigen_directions
 from valleys.models import MLP
@@ -334,7 +335,7 @@ def tail_mean(values: list[float] | np.ndarray, fraction: float) -> float:
 def _digits(n: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     X, Y = load_digits(seed=seed, one_hot=True, dtype=torch.float64).train
     if n > X.shape[0]:
-        raise ValueError(f"n={n} exceeds the {X.shape[0]} digits training samples")
+        raise ArgumentValueError(f"n={n} exceeds the {X.shape[0]} digits training samples")
     return X[:n].contiguous().to(device), Y[:n].contiguous().to(device)
 
 

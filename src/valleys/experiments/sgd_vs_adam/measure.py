@@ -24,7 +24,7 @@ escapes sharp basins faster than Adam; hence Adam ends in sharper minima and gen
   Adam's effective noise is ``P^{-1} Σ_{k<K} (1−β₁)β₁^k ξ_{t−k}`` per window (its momentum
   average, truncated at ``β₁^K``; independent windows avoid the autocorrelation that biases
   the block-sum estimator on consecutive averages), with ``P = diag(√v + 10⁻⁸)`` and
-  ``v = g² + c·diag(C)`` the stationary second moment at θ (:mod:`valleys.noise.adam`).
+  ``v = g² + c·diag(C)`` the stationary second moment at θ (:mod:`valleys.noise._adam`).
 * *Per-coordinate standardization.* Each coordinate is divided by its median absolute value
   (coordinates without noise, e.g. dead units, are dropped) and the block-sum estimator
   (Mohammadi et al. 2015, :func:`valleys.noise.tail_index`) runs with one block per coordinate
@@ -56,11 +56,12 @@ import numpy as np
 import torch
 
 from valleys import Objective, data
+from valleys._sharpness import sharpness
+from valleys.errors import ArgumentValueError
 from valleys.experiments.protocol import Claim, ClaimSpec, spread
 from valleys.models import MLP
 from valleys.noise import minibatch_noise, stationary_second_moment, tail_index
 from valleys.sde import AdamLike, DoubleWell, exit_times, levy_exit_time
-from valleys.sharpness import sharpness
 from valleys.train import train
 
 __all__ = ["CLAIMS", "NAME", "PAPER", "PRESETS", "Preset", "claims", "measure", "summary"]
@@ -398,7 +399,7 @@ def _adam_like(dynamics: str) -> AdamLike | None:
     if dynamics == "sgd":
         return None
     if dynamics not in ("adam", "adam-no-averaging"):
-        raise ValueError(f"unknown SDE dynamics {dynamics!r}")
+        raise ArgumentValueError(f"unknown SDE dynamics {dynamics!r}")
     return AdamLike(beta1=ADAM_SDE_RATE, averaging=dynamics == "adam", normalize=True)
 
 

@@ -7,9 +7,10 @@ import time
 
 import torch
 
-from valleys.linalg.lanczos import _check_count, _check_seed, _generator
-from valleys.linalg.results import TraceResult
-from valleys.operators.base import LinearOperator
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+from valleys.linalg._lanczos import _check_count, _check_seed, _generator
+from valleys.linalg._results import TraceResult
+from valleys.operators._base import LinearOperator
 
 __all__ = ["trace"]
 
@@ -36,7 +37,7 @@ def _matmat(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
     blocks = (V[:, j : j + _BLOCK] for j in range(0, V.shape[1], _BLOCK))
     out = torch.cat([op.matmat(B.clone(memory_format=torch.contiguous_format)) for B in blocks], 1)
     if not torch.isfinite(out).all():
-        raise ValueError(f"the operator {op!r} produced NaN/inf; fix the model/loss first")
+        raise ArgumentValueError(f"the operator {op!r} produced NaN/inf; fix the model/loss first")
     return out
 
 
@@ -91,7 +92,7 @@ def trace(
         Refused for ``p > 20000``.
 
     Args:
-        op: a square :class:`~valleys.operators.base.LinearOperator` (Hutch++ and the
+        op: a square :class:`~valleys.operators.LinearOperator` (Hutch++ and the
             calibration of ``stderr`` assume nothing; symmetry is not required).
         method: ``"hutch++"``, ``"hutchinson"`` or ``"exact"``.
         num_matvecs: total matvec budget (ignored by ``"exact"``): ``>= 3`` for Hutch++,
@@ -101,25 +102,26 @@ def trace(
             ``"gaussian"``.
 
     Returns:
-        A :class:`~valleys.linalg.results.TraceResult`.
+        A :class:`~valleys.linalg.TraceResult`.
     """
     t0 = time.perf_counter()
     if not isinstance(op, LinearOperator) or not op.dtype.is_floating_point:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"trace needs a valleys LinearOperator with a real floating dtype, got {op!r}; wrap "
-            "a matrix in valleys.operators.base.DenseOperator or a function in LambdaOperator"
+            "a matrix in valleys.operators.DenseOperator or a function in LambdaOperator"
         )
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        raise ArgumentValueError(f"method must be one of {_METHODS}, got {method!r}")
     if distribution not in _DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
+        raise ArgumentValueError(
+            f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
     _check_seed(seed)
     seed = None if seed is None else int(seed)
     p = op.size
 
     if method == "exact":
         if p > _MAX_EXACT:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"method='exact' needs p = {p} matvecs, more than the limit {_MAX_EXACT}; "
                 "use method='hutch++' with a num_matvecs budget instead"
             )

@@ -18,8 +18,9 @@ import warnings
 import torch
 
 from valleys._checks import seed_value
-from valleys.linalg.results import EigshResult
-from valleys.operators.base import LinearOperator
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+from valleys.linalg._results import EigshResult
+from valleys.operators._base import LinearOperator
 
 __all__ = ["block_eigsh", "eigsh", "power_iteration"]
 
@@ -44,17 +45,17 @@ _ROUNDING_ULPS = 10.0
 # -- validation and shared helpers ------------------------------------------------------------
 def _check_operator(op: object, caller: str) -> None:
     if not isinstance(op, LinearOperator):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{caller} needs a valleys LinearOperator, got {type(op).__name__}; wrap a matrix in "
-            "valleys.operators.base.DenseOperator or a function in LambdaOperator"
+            "valleys.operators.DenseOperator or a function in LambdaOperator"
         )
     if not op.symmetric:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{caller} needs a symmetric operator, but {op!r} has symmetric=False; symmetric "
             "solvers give wrong answers otherwise (for A B use a symmetric form such as A^½BA^½)"
         )
     if not op.dtype.is_floating_point:
-        raise TypeError(f"{caller} supports real floating dtypes only, got {op.dtype}")
+        raise ArgumentTypeError(f"{caller} supports real floating dtypes only, got {op.dtype}")
 
 
 def _check_seed(seed: object) -> None:
@@ -64,7 +65,7 @@ def _check_seed(seed: object) -> None:
 
 def _check_count(value: object, name: str, minimum: int) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ArgumentValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -75,15 +76,17 @@ def _check_tol(tol: object) -> float:
         or not math.isfinite(tol)
         or not 0 < tol < 1
     ):
-        raise ValueError(f"tol must be a positive finite number below 1 (a relative tolerance, "
-                         f"e.g. 1e-4), got {tol!r}")
+        raise ArgumentValueError(
+            f"tol must be a positive finite number below 1 (a relative tolerance, "
+            f"e.g. 1e-4), got {tol!r}")
     return float(tol)
 
 
 def _check_accuracy(accuracy: object) -> str:
     if accuracy not in _ACCURACY:
-        raise ValueError(f"accuracy must be one of {_ACCURACY} (what tol applies to: the error "
-                         f"bound of each eigenvalue, or its residual), got {accuracy!r}")
+        raise ArgumentValueError(
+            f"accuracy must be one of {_ACCURACY} (what tol applies to: the error "
+            f"bound of each eigenvalue, or its residual), got {accuracy!r}")
     return str(accuracy)
 
 
@@ -102,14 +105,15 @@ def _start_vector(op: LinearOperator, v0: object, gen: torch.Generator) -> torch
     if v0 is None:
         return torch.randn(op.size, generator=gen, dtype=work, device=op.device)
     if not isinstance(v0, torch.Tensor):
-        raise TypeError(f"v0 must be a torch tensor of shape ({op.size},), got {type(v0).__name__}")
+        raise ArgumentTypeError(
+            f"v0 must be a torch tensor of shape ({op.size},), got {type(v0).__name__}")
     if v0.shape != (op.size,):
-        raise ValueError(f"v0 must have shape ({op.size},), got {tuple(v0.shape)}")
+        raise ArgumentValueError(f"v0 must have shape ({op.size},), got {tuple(v0.shape)}")
     if v0.dtype not in (op.dtype, work):
-        raise TypeError(f"v0 must have the operator's dtype {op.dtype} (or {work}), got "
-                        f"{v0.dtype}")
+        raise ArgumentTypeError(f"v0 must have the operator's dtype {op.dtype} (or {work}), got "
+                                f"{v0.dtype}")
     if not torch.isfinite(v0).all() or not v0.abs().max() > 0:
-        raise ValueError("v0 must be finite and nonzero")
+        raise ArgumentValueError("v0 must be finite and nonzero")
     return v0.to(device=op.device, dtype=work)
 
 
@@ -129,13 +133,13 @@ def _apply(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
     x = v.to(dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
     w = op.matvec(x)
     if not isinstance(w, torch.Tensor) or w.shape != x.shape or w.dtype != x.dtype:
-        raise ValueError(
+        raise ArgumentValueError(
             f"{op!r} returned {getattr(w, 'dtype', type(w).__name__)} of shape "
             f"{tuple(getattr(w, 'shape', ()))} for a {x.dtype} vector of shape {tuple(x.shape)}; "
             "fix its matvec"
         )
     if not torch.isfinite(w).all():
-        raise ValueError(
+        raise ArgumentValueError(
             f"the operator {op!r} produced NaN/inf; check the model/loss for overflow "
             "(e.g. evaluate in float64) before computing its spectrum"
         )
@@ -147,10 +151,11 @@ def _apply_block(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
     X = V.to(dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
     W = op.matmat(X)
     if not isinstance(W, torch.Tensor) or W.shape != X.shape or W.dtype != X.dtype:
-        raise ValueError(f"{op!r} returned a wrong result for a block of shape {tuple(X.shape)}; "
-                         "fix its matmat")
+        raise ArgumentValueError(
+            f"{op!r} returned a wrong result for a block of shape {tuple(X.shape)}; "
+            "fix its matmat")
     if not torch.isfinite(W).all():
-        raise ValueError(
+        raise ArgumentValueError(
             f"the operator {op!r} produced NaN/inf; check the model/loss for overflow "
             "(e.g. evaluate in float64) before computing its spectrum"
         )
@@ -489,7 +494,7 @@ def eigsh(
     the gaps the bounds rely on. Clustered but distinct eigenvalues are fine.
 
     Args:
-        op: a symmetric :class:`~valleys.operators.base.LinearOperator` of size ``p``.
+        op: a symmetric :class:`~valleys.operators.LinearOperator` of size ``p``.
         k: number of eigenpairs, ``1 <= k <= p``; ``k = p`` (e.g. a model with one parameter)
             builds the dense matrix from ``p`` matvecs and returns ``method="dense"``.
         which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"magnitude"``
@@ -508,7 +513,7 @@ def eigsh(
         seed: seed for the random start, breakdown and noise vectors; same seed, same result.
 
     Returns:
-        An :class:`~valleys.linalg.results.EigshResult` with ``method="lanczos"``; values,
+        An :class:`~valleys.linalg.EigshResult` with ``method="lanczos"``; values,
         vectors, residuals and error bounds in the basis dtype (the operator's, widened to
         float32 for half-precision operators).
 
@@ -521,12 +526,12 @@ def eigsh(
     _check_operator(op, "eigsh")
     p = op.size
     if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= p:
-        raise ValueError(
+        raise ArgumentValueError(
             f"k must be an integer with 1 <= k <= p = {p} (the operator's size), got {k!r}"
         )
     k = int(k)
     if which not in _WHICH:
-        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+        raise ArgumentValueError(f"which must be one of {_WHICH}, got {which!r}")
     tol = _check_tol(tol)
     accuracy = _check_accuracy(accuracy)
     _check_seed(seed)
@@ -537,7 +542,8 @@ def eigsh(
     else:
         ncv = min(_check_count(ncv, "ncv", k + 1), p)
         if ncv < p and ncv < k + 2:
-            raise ValueError(f"ncv must be at least k + 2 = {k + 2} to make progress, got {ncv}")
+            raise ArgumentValueError(
+                f"ncv must be at least k + 2 = {k + 2} to make progress, got {ncv}")
     if max_matvecs is None:
         max_matvecs = max(20 * ncv, 1000)
     max_matvecs = _check_count(max_matvecs, "max_matvecs", k)
@@ -608,12 +614,13 @@ def _dense_eigsh(op: LinearOperator, which: str, tol: float, accuracy: str, seed
     A = op.to_dense()
     A64 = A.to(torch.float64)
     if not bool(torch.isfinite(A64).all()):
-        raise ValueError("the operator produced NaN or infinite values")
+        raise ArgumentValueError("the operator produced NaN or infinite values")
     eps = torch.finfo(op.dtype).eps
     anorm = float(torch.linalg.matrix_norm(A64, ord=2))
     if float((A64 - A64.T).abs().max()) > 100 * eps * max(float(A64.abs().max()), 1e-300):
-        raise ValueError(f"eigsh needs a symmetric operator; its dense matrix is asymmetric by "
-                         f"{float((A64 - A64.T).abs().max()):.3g}")
+        raise ArgumentValueError(
+            f"eigsh needs a symmetric operator; its dense matrix is asymmetric by "
+            f"{float((A64 - A64.T).abs().max()):.3g}")
     asym = float(torch.linalg.matrix_norm(A64 - A64.T, ord=2))
     theta, V = torch.linalg.eigh((A64 + A64.T) / 2)
     order = _order(theta, which)
@@ -671,7 +678,7 @@ def block_eigsh(
     multiplicity use a block at least that wide.
 
     Args:
-        op: a symmetric :class:`~valleys.operators.base.LinearOperator` of size ``p``.
+        op: a symmetric :class:`~valleys.operators.LinearOperator` of size ``p``.
         V0: ``(p, m)`` start block (``m >= 1``, any scaling; linearly dependent columns are
             dropped), in the operator's dtype or the basis dtype.
         k: number of eigenpairs, ``1 <= k < p``.
@@ -683,7 +690,7 @@ def block_eigsh(
         seed: seeds the random vectors used after a breakdown.
 
     Returns:
-        The :class:`~valleys.linalg.results.EigshResult` (``method="block-davidson"``) and all
+        The :class:`~valleys.linalg.EigshResult` (``method="block-davidson"``) and all
         Ritz vectors of the final basis, most wanted first, a ``(p, n)`` tensor with
         ``n <= ncv`` (the next warm start: its first ``m`` columns), in the basis dtype.
     """
@@ -691,22 +698,22 @@ def block_eigsh(
     _check_operator(op, "block_eigsh")
     p = op.size
     if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k < p:
-        raise ValueError(f"k must be an integer with 1 <= k < p = {p}, got {k!r}")
+        raise ArgumentValueError(f"k must be an integer with 1 <= k < p = {p}, got {k!r}")
     k = int(k)
     if which not in _WHICH:
-        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+        raise ArgumentValueError(f"which must be one of {_WHICH}, got {which!r}")
     tol = _check_tol(tol)
     accuracy = _check_accuracy(accuracy)
     _check_seed(seed)
     if not isinstance(V0, torch.Tensor) or V0.ndim != 2 or V0.shape[0] != p or V0.shape[1] < 1:
-        raise ValueError(f"V0 must be a tensor of shape ({p}, m) with m >= 1, got "
-                         f"{tuple(getattr(V0, 'shape', ()))}")
+        raise ArgumentValueError(f"V0 must be a tensor of shape ({p}, m) with m >= 1, got "
+                                 f"{tuple(getattr(V0, 'shape', ()))}")
     work = _work_dtype(op.dtype)
     if V0.dtype not in (op.dtype, work):
-        raise TypeError(f"V0 must have the operator's dtype {op.dtype} (or {work}), got "
-                        f"{V0.dtype}")
+        raise ArgumentTypeError(f"V0 must have the operator's dtype {op.dtype} (or {work}), got "
+                                f"{V0.dtype}")
     if not torch.isfinite(V0).all():
-        raise ValueError("V0 must be finite")
+        raise ArgumentValueError("V0 must be finite")
     ncv = max(V0.shape[1] + 20, 2 * k + 1) if ncv is None else _check_count(ncv, "ncv", k + 2)
     ncv = min(max(ncv, k + 2), p)
     if max_matvecs is None:
@@ -774,8 +781,9 @@ def block_eigsh(
 
     if not check or check["at"] != matvecs:  # the budget ran out on unjudged Ritz pairs
         if Q.shape[1] < k:
-            raise ValueError(f"block_eigsh: max_matvecs={max_matvecs} ran out before the basis "
-                             f"held k={k} vectors; raise max_matvecs")
+            raise ArgumentValueError(
+                f"block_eigsh: max_matvecs={max_matvecs} ran out before the basis "
+                f"held k={k} vectors; raise max_matvecs")
         check = cert.assess(theta, resid, wanted, float(theta.abs().max()), Q[:, 0], AQ[:, 0])
     stalled = (
         f"block_eigsh did not converge to tol={tol:g} ({accuracy}) within "
@@ -808,7 +816,7 @@ def power_iteration(
     (PyHessian's variant stops on the relative change of ``μ`` instead, which can stop early.)
 
     Args:
-        op: a symmetric :class:`~valleys.operators.base.LinearOperator`.
+        op: a symmetric :class:`~valleys.operators.LinearOperator`.
         tol: relative residual tolerance.
         max_matvecs: budget; when exhausted the last iterate is returned with
             ``converged=False``.
@@ -816,7 +824,7 @@ def power_iteration(
         seed: seed for the random start.
 
     Returns:
-        An :class:`~valleys.linalg.results.EigshResult` with ``k = 1``, ``which="magnitude"``,
+        An :class:`~valleys.linalg.EigshResult` with ``k = 1``, ``which="magnitude"``,
         ``method="power"``.
     """
     t0 = time.perf_counter()

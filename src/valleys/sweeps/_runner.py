@@ -1,7 +1,7 @@
 """``run_sweep``: run a function over many configurations, resumably, in parallel.
 
 Who writes: only the parent process writes to the store; workers just return an
-:class:`~valleys.sweeps.outcome.Outcome`. One writer means no lock contention, and workers
+:class:`~valleys.sweeps.Outcome`. One writer means no lock contention, and workers
 (Ray tasks on other machines included) never need to see the SQLite file.
 
 Lifecycle of a run: the parent marks it ``"running"`` (one more attempt) just before handing it
@@ -30,14 +30,16 @@ from multiprocessing import get_context
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Protocol
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from valleys.sweeps.grid import canonical_json, run_id
-from valleys.sweeps.outcome import DIVERGED, DONE, FAILED, RUNNING, Outcome, crashed, execute
-from valleys.sweeps.store import ResultsStore, records_to_dataframe
+from valleys.sweeps._grid import canonical_json, run_id
+from valleys.sweeps._outcome import DIVERGED, DONE, FAILED, RUNNING, Outcome, crashed, execute
+from valleys.sweeps._store import ResultsStore, records_to_dataframe
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,23 +139,24 @@ def _check_inputs(
 ) -> dict[str, dict[str, Any]]:
     """Validate the arguments; return run id → config (unique, in config order)."""
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+        raise ArgumentValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        raise ArgumentTypeError(f"fn must be callable, got {type(fn).__name__}")
     if not isinstance(name, str) or not name:
-        raise ValueError("name must be a non-empty string (it identifies the sweep's runs)")
+        raise ArgumentValueError("name must be a non-empty string (it identifies the sweep's runs)")
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
-        raise ValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
+        raise ArgumentValueError(f"max_workers must be a positive int or None, got {max_workers!r}")
     runs: dict[str, dict[str, Any]] = {}
     if isinstance(configs, Mapping) or not isinstance(configs, Iterable):
-        raise TypeError(f"configs must be an iterable of dicts (e.g. valleys.sweeps.grid(...)), "
-                        f"got {type(configs).__name__}")
+        raise ArgumentTypeError(
+            f"configs must be an iterable of dicts (e.g. valleys.sweeps.grid(...)), "
+            f"got {type(configs).__name__}")
     for config in configs:
         canonical_json(config)  # raises a clear TypeError on a non-JSON config
         runs.setdefault(run_id(config, name), dict(config))
     if not runs:
-        raise ValueError("no configs to run (is the grid empty? an axis with no values "
-                         "makes an empty product)")
+        raise ArgumentValueError("no configs to run (is the grid empty? an axis with no values "
+                                 "makes an empty product)")
     if executor == "process":
         _check_picklable(fn)
     return runs
@@ -167,12 +170,12 @@ def _check_picklable(fn: Any) -> None:
     try:
         pickle.dumps(fn)
     except Exception as exc:
-        raise TypeError(f"fn {fn!r} is not picklable: {exc}. {hint}") from exc
+        raise ArgumentTypeError(f"fn {fn!r} is not picklable: {exc}. {hint}") from exc
     # A function of `python -c` or a notebook pickles by reference to __main__, which spawned
     # children cannot re-import: the workers would die on unpickling it.
     main = sys.modules.get("__main__")
     if getattr(fn, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
-        raise TypeError(f"fn {fn!r} is defined in an interactive __main__. {hint}")
+        raise ArgumentTypeError(f"fn {fn!r} is defined in an interactive __main__. {hint}")
 
 
 def _pending(

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
+from valleys.errors import ArgumentValueError
 from valleys.objective import Objective
-from valleys.operators.base import LinearOperator
-from valleys.operators.hessian import HessianOperator
+from valleys.operators._base import LinearOperator
+from valleys.operators._hessian import HessianOperator
 
 __all__ = ["HessianVarianceOperator", "hessian_variance"]
 
@@ -138,12 +139,14 @@ class HessianVarianceOperator(LinearOperator):
         sample_block: int | None = None,
     ) -> None:
         if method not in METHODS:
-            raise ValueError(f"unknown Hessian-variance method {method!r}; choose one of {METHODS}")
+            raise ArgumentValueError(
+                f"unknown Hessian-variance method {method!r}; choose one of {METHODS}")
         if sample_block is not None and (
             not isinstance(sample_block, numbers.Integral) or isinstance(sample_block, bool)
             or sample_block <= 0
         ):
-            raise ValueError(f"sample_block must be a positive integer, got {sample_block!r}")
+            raise ArgumentValueError(
+                f"sample_block must be a positive integer, got {sample_block!r}")
         sample_block = None if sample_block is None else int(sample_block)
         self.hessian = HessianOperator(objective, theta)
         super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
@@ -165,7 +168,8 @@ class HessianVarianceOperator(LinearOperator):
                 self._layers = layers
                 self.method = "linear-layers"
             elif method == "linear-layers":
-                raise ValueError(f"method='linear-layers' does not apply to this model: {reason}")
+                raise ArgumentValueError(
+                    f"method='linear-layers' does not apply to this model: {reason}")
             else:
                 self.fallback_reason = reason
 
@@ -194,7 +198,7 @@ class HessianVarianceOperator(LinearOperator):
                     )
                 except _Unsupported as error:
                     if self.requested_method == "linear-layers":
-                        raise ValueError(
+                        raise ArgumentValueError(
                             f"method='linear-layers' does not apply to this model: {error}"
                         ) from None
                     self.method, self.fallback_reason = "vmap", str(error)

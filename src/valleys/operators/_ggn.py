@@ -6,7 +6,7 @@ import torch
 from torch.func import grad, jvp
 
 from valleys.objective import Objective
-from valleys.operators.curvature import CurvatureOperator, vjp_rows
+from valleys.operators._curvature import CurvatureOperator, vjp_rows
 
 __all__ = ["GGNOperator", "ggn", "output_hessian_product"]
 

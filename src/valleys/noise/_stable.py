@@ -26,18 +26,20 @@ import numbers
 
 import torch
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = ["isotropic_stable", "stable_rvs"]
 
 
 def _check_alpha(alpha: float, *, low: float = 0.0) -> float:
     if not isinstance(alpha, numbers.Real) or not low < float(alpha) <= 2.0:
-        raise ValueError(f"the stability index α must lie in ({low:g}, 2], got {alpha!r}")
+        raise ArgumentValueError(f"the stability index α must lie in ({low:g}, 2], got {alpha!r}")
     return float(alpha)
 
 
 def _check_beta(beta: float) -> float:
     if not isinstance(beta, numbers.Real) or not -1.0 <= float(beta) <= 1.0:
-        raise ValueError(f"the skewness β must lie in [−1, 1], got {beta!r}")
+        raise ArgumentValueError(f"the skewness β must lie in [−1, 1], got {beta!r}")
     return float(beta)
 
 
@@ -46,7 +48,7 @@ def _size(shape: int | tuple[int, ...]) -> tuple[int, ...]:
         shape = (int(shape),)
     shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
-        raise ValueError(f"shape must have non-negative entries, got {shape}")
+        raise ArgumentValueError(f"shape must have non-negative entries, got {shape}")
     return shape
 
 
@@ -73,7 +75,7 @@ def stable_rvs(
     """
     alpha, beta = _check_alpha(alpha), _check_beta(beta)
     if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        raise ArgumentTypeError(f"dtype must be a floating dtype, got {dtype}")
     shape = _size(shape)
     if generator is not None and device is None:
         device = generator.device

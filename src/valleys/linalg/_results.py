@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentValueError
 
 __all__ = ["EigshResult", "SpectralDensity", "TraceResult"]
 
@@ -33,7 +34,7 @@ class EigshResult:
             eigenvalue of the exact operator, in the units of the values, with the products'
             own rounding noise included: the residual bound ``ρ_i`` (rigorous), or with
             ``accuracy="value"`` the Kato–Temple bound ``ρ_i² / gap_i`` on a gap estimated from
-            the Ritz values (see :func:`~valleys.linalg.lanczos.eigsh`).
+            the Ritz values (see :func:`~valleys.linalg.eigsh`).
         matvecs: operator applications the solver made (including the verification products).
         converged: whether every value met the requested accuracy: its residual
             (``accuracy="residual"``) or its Kato–Temple bound (``accuracy="value"``) within
@@ -41,7 +42,7 @@ class EigshResult:
         tol: the requested relative tolerance.
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
         method: ``"lanczos"``, ``"power"``, ``"dense"`` (every eigenpair, from the matrix) or
-            ``"block-davidson"`` (:func:`~valleys.linalg.lanczos.block_eigsh`).
+            ``"block-davidson"`` (:func:`~valleys.linalg.block_eigsh`).
         seed: seed of the random start vector (``None``: unseeded).
         restarts: number of thick restarts.
         wall_time: seconds spent in the solver.
@@ -132,7 +133,7 @@ class SpectralDensity:
         this is exactly the Hutchinson estimate ``mean_i v_iᵀ A^k v_i`` with unit probes.
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"moment order must be a non-negative integer, got {k!r}")
+            raise ArgumentValueError(f"moment order must be a non-negative integer, got {k!r}")
         per_probe = (self.weights * self.nodes.pow(k)).sum(dim=1)
         return float(per_probe.mean())
 

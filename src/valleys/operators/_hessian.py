@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch.func import grad, jvp, vmap
 
+from valleys.errors import ArgumentValueError
 from valleys.objective import Objective
-from valleys.operators.curvature import CurvatureOperator, vjp_rows
+from valleys.operators._curvature import CurvatureOperator, vjp_rows
 
 __all__ = ["HessianOperator", "hessian"]
 
@@ -41,7 +42,8 @@ class HessianOperator(CurvatureOperator):
         if backend == "auto":
             backend = "double-backward"
         if backend not in BACKENDS:
-            raise ValueError(f"unknown Hessian backend {backend!r}; choose one of {BACKENDS}")
+            raise ArgumentValueError(
+                f"unknown Hessian backend {backend!r}; choose one of {BACKENDS}")
         if backend == "forward-over-reverse":
             cache = False
         super().__init__(objective, theta, cache=cache)

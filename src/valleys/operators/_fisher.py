@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from valleys.objective import Objective
-from valleys.operators.curvature import CurvatureOperator, vjp_rows
+from valleys.operators._curvature import CurvatureOperator, vjp_rows
 
 __all__ = ["EmpiricalFisherOperator", "empirical_fisher"]
 

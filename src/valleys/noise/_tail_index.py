@@ -39,6 +39,7 @@ import torch
 
 from valleys._checks import integer, seed_value
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = ["StableFit", "TailIndexResult", "fit_stable", "tail_index"]
 
@@ -91,26 +92,27 @@ def _as_tensor(samples: Any) -> torch.Tensor:
         try:
             x = torch.as_tensor(np.asarray(samples))
         except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"samples must be an array of real numbers, got "
-                            f"{type(samples).__name__} that NumPy/torch cannot convert "
-                            f"({error})") from None
+            raise ArgumentTypeError(f"samples must be an array of real numbers, got "
+                                    f"{type(samples).__name__} that NumPy/torch cannot convert "
+                                    f"({error})") from None
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"samples must be a torch tensor or a NumPy array, got {type(samples).__name__}"
         )
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"samples must be real numbers, got dtype {x.dtype}")
+        raise ArgumentTypeError(f"samples must be real numbers, got dtype {x.dtype}")
     if x.ndim not in (1, 2):
-        raise ValueError(
+        raise ArgumentValueError(
             f"samples must be 1-D (scalars) or 2-D (one vector per row), got shape "
             f"{tuple(x.shape)}; flatten scalars with .reshape(-1)"
         )
     x = x.cpu().to(torch.float64)  # a cheap statistic: float64 on the host, whatever the input
     if not torch.isfinite(x).all():
-        raise ValueError("samples contain NaN or infinite values; drop them first")
+        raise ArgumentValueError("samples contain NaN or infinite values; drop them first")
     if x.shape[0] > 1 and bool((x == x[0]).all()):
-        raise ValueError("all samples are equal, so they carry no information on a tail; pass "
-                         "the centred noise (e.g. mini-batch gradient minus the full gradient)")
+        raise ArgumentValueError(
+            "all samples are equal, so they carry no information on a tail; pass "
+            "the centred noise (e.g. mini-batch gradient minus the full gradient)")
     return x
 
 
@@ -169,18 +171,18 @@ def tail_index(
     vector = x.ndim == 2
     N = x.shape[0]
     if N < 4:
-        raise ValueError(f"the block-sum estimator needs at least 4 samples, got {N}")
+        raise ArgumentValueError(f"the block-sum estimator needs at least 4 samples, got {N}")
     k1 = math.isqrt(N) if block_size is None else block_size
     if (not isinstance(k1, numbers.Integral) or isinstance(k1, bool) or k1 < 2
             or N // k1 < 2):
-        raise ValueError(
+        raise ArgumentValueError(
             f"block_size must be an integer >= 2 leaving at least 2 blocks of the {N} samples, "
             f"got {block_size!r}"
         )
     k1 = int(k1)
     if (isinstance(level, bool) or not isinstance(level, numbers.Real)
             or not 0.0 < level < 1.0):
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+        raise ArgumentValueError(f"level must lie in (0, 1), got {level!r}")
     level = float(level)
     num_bootstrap = integer(num_bootstrap, "num_bootstrap", minimum=0)
     seed = seed_value(seed)
@@ -250,7 +252,7 @@ def fit_stable(samples: Any, *, max_samples: int = 200, seed: int = 0) -> Stable
     started = time.perf_counter()
     x = _as_tensor(samples)
     if x.ndim != 1:
-        raise ValueError("fit_stable takes 1-D samples (scalars)")
+        raise ArgumentValueError("fit_stable takes 1-D samples (scalars)")
     max_samples = integer(max_samples, "max_samples", minimum=10)
     seed = seed_value(seed)
     data = x.numpy()

@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from valleys.errors import ArgumentTypeError
+
 __all__ = ["canonical_json", "grid", "run_id"]
 
 
@@ -47,11 +49,11 @@ def canonical_json(config: Mapping[str, Any]) -> str:
         TypeError: If the configuration is not a mapping with string keys and JSON values.
     """
     if not isinstance(config, Mapping):
-        raise TypeError(f"a config must be a mapping (dict), got {type(config).__name__}")
+        raise ArgumentTypeError(f"a config must be a mapping (dict), got {type(config).__name__}")
     try:
         return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"a config must be JSON-serializable with string keys and finite numbers: {exc}"
         ) from exc
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from valleys._checks import available_device
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = ["DenseOperator", "LambdaOperator", "LinearOperator"]
 
@@ -46,10 +47,11 @@ class LinearOperator:
         symmetric: bool = True,
     ) -> None:
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size <= 0:
-            raise ValueError(f"operator size must be a positive integer, got {size!r}")
+            raise ArgumentValueError(f"operator size must be a positive integer, got {size!r}")
         if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"operator dtype must be a torch.dtype such as torch.float64, got "
-                            f"{dtype!r}")
+            raise ArgumentTypeError(
+                f"operator dtype must be a torch.dtype such as torch.float64, got "
+                f"{dtype!r}")
         self.size = int(size)
         self.dtype = dtype
         self.device = available_device(device)
@@ -70,22 +72,23 @@ class LinearOperator:
 
     def _check(self, x: torch.Tensor, ndim: int) -> None:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} acts on torch tensors, got {type(x).__name__}")
+            raise ArgumentTypeError(
+                f"{type(self).__name__} acts on torch tensors, got {type(x).__name__}")
         if x.ndim != ndim or x.shape[0] != self.size:
             want = f"({self.size},)" if ndim == 1 else f"({self.size}, k)"
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{type(self).__name__} of size {self.size} needs a tensor of shape {want}, "
                 f"got {tuple(x.shape)}"
             )
         if x.dtype != self.dtype:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__} works in {self.dtype}, got a {x.dtype} tensor; "
                 f"convert it with .to({self.dtype})"
             )
         if x.device != self.device and not (
             x.device.type == self.device.type and self.device.index is None
         ):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{type(self).__name__} lives on {self.device}, got a tensor on {x.device}; "
                 f"move it with .to('{self.device}')"
             )
@@ -128,7 +131,7 @@ class LinearOperator:
     def __truediv__(self, scalar):
         divisor = _scalar(scalar, "divide")
         if divisor == 0:
-            raise ValueError(f"cannot divide {self!r} by zero")
+            raise ArgumentValueError(f"cannot divide {self!r} by zero")
         return _ScaledOperator(self, 1.0 / divisor)
 
     def __neg__(self):
@@ -138,7 +141,7 @@ class LinearOperator:
     def to_dense(self, *, block_size: int = 256) -> torch.Tensor:
         """The ``(p, p)`` matrix, built from ``p`` matvecs in blocks. For small problems only."""
         if self.size > 20_000:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"to_dense() of a {self.size}x{self.size} operator needs "
                 f"{self.size**2 * torch.finfo(self.dtype).bits / 8 / 2**30:.1f} GiB; use the "
                 "iterative solvers in valleys.linalg instead"
@@ -177,16 +180,17 @@ class LinearOperator:
 def _scalar(value: object, verb: str) -> float:
     """A finite real factor for operator algebra (operators combine with operators only)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"can only {verb} an operator by a real number, got "
-                        f"{type(value).__name__}; combine operators with + - @")
+        raise ArgumentTypeError(f"can only {verb} an operator by a real number, got "
+                                f"{type(value).__name__}; combine operators with + - @")
     if not math.isfinite(value):
-        raise ValueError(f"cannot {verb} an operator by {value!r}; the factor must be finite")
+        raise ArgumentValueError(
+            f"cannot {verb} an operator by {value!r}; the factor must be finite")
     return float(value)
 
 
 def _check_compatible(a: LinearOperator, b: LinearOperator) -> None:
     if a.size != b.size or a.dtype != b.dtype or a.device != b.device:
-        raise ValueError(
+        raise ArgumentValueError(
             f"cannot combine {a!r} with {b!r}: sizes, dtypes and devices must agree"
         )
 
@@ -234,15 +238,16 @@ class DenseOperator(LinearOperator):
 
     def __init__(self, matrix: torch.Tensor, *, symmetric: bool | None = None) -> None:
         if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2:
-            raise TypeError("DenseOperator needs a 2-D torch tensor")
+            raise ArgumentTypeError("DenseOperator needs a 2-D torch tensor")
         if matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
-            raise ValueError(f"DenseOperator needs a non-empty square matrix, got "
-                             f"{tuple(matrix.shape)}")
+            raise ArgumentValueError(f"DenseOperator needs a non-empty square matrix, got "
+                                     f"{tuple(matrix.shape)}")
         if not matrix.dtype.is_floating_point:
-            raise TypeError(f"DenseOperator needs a real floating matrix, got {matrix.dtype}; "
-                            "convert it with .double()")
+            raise ArgumentTypeError(
+                f"DenseOperator needs a real floating matrix, got {matrix.dtype}; "
+                "convert it with .double()")
         if not torch.isfinite(matrix).all():
-            raise ValueError("DenseOperator matrix has non-finite entries")
+            raise ArgumentValueError("DenseOperator matrix has non-finite entries")
         if symmetric is None:
             tol = 1e-6 * max(matrix.abs().max().item(), 1.0)
             symmetric = bool(torch.allclose(matrix, matrix.T, atol=tol, rtol=0))

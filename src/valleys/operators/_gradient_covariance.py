@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from valleys.objective import Objective
-from valleys.operators.base import LinearOperator
-from valleys.operators.fisher import EmpiricalFisherOperator
+from valleys.operators._base import LinearOperator
+from valleys.operators._fisher import EmpiricalFisherOperator
 
 __all__ = ["GradientCovarianceOperator", "gradient_covariance"]
 

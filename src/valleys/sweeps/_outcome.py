@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from valleys.errors import ArgumentTypeError
+
 __all__ = ["Diverged", "Outcome", "execute", "is_divergent"]
 
 DONE, DIVERGED, FAILED, RUNNING = "done", "diverged", "failed", "running"
@@ -85,13 +87,13 @@ def _to_builtin(value: Any) -> Any:
         return value.item()
     if hasattr(value, "tolist"):
         return value.tolist()
-    raise TypeError(f"metric value of type {type(value).__name__} is not JSON-serializable")
+    raise ArgumentTypeError(f"metric value of type {type(value).__name__} is not JSON-serializable")
 
 
 def _normalize(metrics: Any) -> dict[str, Any]:
     """Metrics as builtins: a JSON round trip that turns tensors and numpy scalars into floats."""
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"fn must return a dict of metrics, got {type(metrics).__name__}")
+        raise ArgumentTypeError(f"fn must return a dict of metrics, got {type(metrics).__name__}")
     # allow_nan keeps NaN/inf losses (Python's json reads them back), which mark divergence.
     return json.loads(json.dumps(dict(metrics), default=_to_builtin))
 

@@ -6,10 +6,10 @@ import torch
 from torch.func import jacrev, vmap
 
 from valleys.objective import Objective
-from valleys.operators.base import LinearOperator
-from valleys.operators.curvature import CurvatureOperator, vjp_rows
-from valleys.operators.ggn import GGNOperator, output_hessian_product
-from valleys.operators.hessian_variance import (
+from valleys.operators._base import LinearOperator
+from valleys.operators._curvature import CurvatureOperator, vjp_rows
+from valleys.operators._ggn import GGNOperator, output_hessian_product
+from valleys.operators._hessian_variance import (
     CHECK_SAMPLES,
     first_agreeing,
     first_samples,

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
-from valleys.operators.base import LinearOperator
+from valleys.operators._base import LinearOperator
 
 __all__ = ["CurvatureOperator"]
 
@@ -42,7 +43,7 @@ class CurvatureOperator(LinearOperator):
         cache: bool | None = None,
     ) -> None:
         if not isinstance(objective, Objective):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__} needs a valleys.Objective, got {type(objective).__name__}; "
                 "build one with valleys.Objective(model, loss, (X, Y))"
             )
@@ -50,7 +51,7 @@ class CurvatureOperator(LinearOperator):
         self.objective = objective
         self.theta = objective.resolve_theta(theta).detach().clone()
         if not bool(torch.isfinite(self.theta).all()):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"{type(self).__name__}: θ contains NaN or infinite values, so every curvature "
                 "product would be meaningless; pass a finite θ (a diverged run's θ has no "
                 "curvature to measure)"

@@ -18,7 +18,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from valleys.sweeps.outcome import RUNNING, STATUSES, Outcome
+from valleys.errors import ArgumentValueError
+from valleys.sweeps._outcome import RUNNING, STATUSES, Outcome
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,8 +160,8 @@ class ResultsStore:
     ) -> None:
         """Record a run's outcome in one transaction (inserting the row if it has none yet)."""
         if outcome.status not in STATUSES or outcome.status == RUNNING:
-            raise ValueError(f"a finished run's status must be done/diverged/failed, got "
-                             f"{outcome.status!r}")
+            raise ArgumentValueError(f"a finished run's status must be done/diverged/failed, got "
+                                     f"{outcome.status!r}")
         sql = """
             INSERT INTO runs (run_id, sweep, config, status, metrics, error, started, finished,
                               wall_time, attempts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from valleys.errors import ArgumentTypeError, ArgumentValueError, NotConvergedError
 from valleys.linalg import EigshResult, eigsh
 from valleys.objective import Objective
 from valleys.operators import hessian, hessian_variance
@@ -70,7 +71,7 @@ def _top(operator, objective: Objective, what: str, tol: float, seed: int,
     """The top eigenpair of ``operator(objective)``; raises unless converged or asked for the
     record."""
     if not isinstance(return_result, bool):
-        raise TypeError(f"return_result must be True or False, got {return_result!r}")
+        raise ArgumentTypeError(f"return_result must be True or False, got {return_result!r}")
     result = eigsh(operator(objective), k=1, which="largest", tol=tol, seed=seed,
                    max_matvecs=max_matvecs)
     if not return_result:
@@ -81,7 +82,7 @@ def _top(operator, objective: Objective, what: str, tol: float, seed: int,
 def _require_converged(result: EigshResult, what: str) -> None:
     if not result.converged:
         # A tolerance the dtype cannot deliver is a bad argument; a spent budget is not.
-        error = ValueError if result.message.startswith("tol=") else RuntimeError
+        error = ArgumentValueError if result.message.startswith("tol=") else NotConvergedError
         raise error(
             f"{what}: {result.message} (after {result.matvecs} matvecs; value "
             f"{float(result.values[0]):.6g} ± {float(result.error_bounds[0]):.2g}). Pass "

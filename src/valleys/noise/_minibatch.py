@@ -45,6 +45,7 @@ from valleys._linear_layers import (
     parameter_names,
 )
 from valleys._records import record_to_dict
+from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 
 __all__ = [
@@ -67,7 +68,7 @@ def noise_factor(n: int, batch_size: int, *, replacement: bool = False) -> float
     n = integer(n, "n", minimum=2)
     if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
             or batch_size < 1 or (not replacement and batch_size > n)):
-        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+        raise ArgumentValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
     batch_size = int(batch_size)
     if replacement:
         return 1.0 / batch_size
@@ -96,20 +97,23 @@ def batch_indices(
 
 def _check_objective(objective: object) -> None:
     if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be a valleys.Objective, got {type(objective).__name__}; "
-                        "build one with valleys.Objective(model, loss, (X, Y))")
+        raise ArgumentTypeError(
+            f"objective must be a valleys.Objective, got {type(objective).__name__}; "
+            "build one with valleys.Objective(model, loss, (X, Y))")
 
 
 def _check_indices(indices: torch.Tensor, n: int) -> torch.Tensor:
     if not isinstance(indices, torch.Tensor) or indices.ndim != 2 or indices.dtype not in (
         torch.int64, torch.int32
     ):
-        raise TypeError("indices must be an integer tensor of shape (num_batches, batch_size)")
+        raise ArgumentTypeError(
+            "indices must be an integer tensor of shape (num_batches, batch_size)")
     if indices.shape[1] == 0:
-        raise ValueError(f"indices has shape {tuple(indices.shape)}: every batch needs at least "
-                         "one sample index")
+        raise ArgumentValueError(
+            f"indices has shape {tuple(indices.shape)}: every batch needs at least "
+            "one sample index")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
-        raise ValueError(f"indices must lie in [0, n={n})")
+        raise ArgumentValueError(f"indices must lie in [0, n={n})")
     return indices.long()
 
 
@@ -142,7 +146,7 @@ def minibatch_gradients(
     """
     _check_objective(objective)
     if method not in MINIBATCH_METHODS:
-        raise ValueError(f"method must be one of {MINIBATCH_METHODS}, got {method!r}")
+        raise ArgumentValueError(f"method must be one of {MINIBATCH_METHODS}, got {method!r}")
     indices = _check_indices(indices, objective.n)
     theta = objective.resolve_theta(theta)
     both = None
@@ -150,15 +154,15 @@ def minibatch_gradients(
         layers = linear_layers(objective)
         if isinstance(layers, str):
             if method == "linear-layers":
-                raise ValueError(f"method='linear-layers' does not apply: {layers}; use "
-                                 "method='per-sample' (any model)")
+                raise ArgumentValueError(f"method='linear-layers' does not apply: {layers}; use "
+                                         "method='per-sample' (any model)")
         else:
             try:
                 both = _linear_layers_gradients(objective, theta, layers, indices)
             except Unsupported as error:
                 if method == "linear-layers":
-                    raise ValueError(f"method='linear-layers' does not apply: {error}; use "
-                                     "method='per-sample' (any model)") from error
+                    raise ArgumentValueError(f"method='linear-layers' does not apply: {error}; use "
+                                             "method='per-sample' (any model)") from error
     if both is None:
         both = _per_sample_gradients(objective, theta, indices)
     # One (num_batches + 1, p) tensor, the last row Σ_i g_i: one all-reduce, and no copy.
@@ -305,11 +309,11 @@ def hessian_alignment(C: torch.Tensor, H: torch.Tensor) -> float:
     """``tr(CH)/(‖C‖_F‖H‖_F)`` for dense symmetric matrices (0 if either vanishes)."""
     for name, M in (("C", C), ("H", H)):
         if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] != M.shape[1]:
-            raise ValueError(f"{name} must be a square matrix (a 2-D tensor), got "
-                             f"{tuple(getattr(M, 'shape', ()))}")
+            raise ArgumentValueError(f"{name} must be a square matrix (a 2-D tensor), got "
+                                     f"{tuple(getattr(M, 'shape', ()))}")
     if C.shape != H.shape:
-        raise ValueError(f"C and H must have the same shape, got {tuple(C.shape)} and "
-                         f"{tuple(H.shape)}")
+        raise ArgumentValueError(f"C and H must have the same shape, got {tuple(C.shape)} and "
+                                 f"{tuple(H.shape)}")
     denom = float(torch.linalg.matrix_norm(C) * torch.linalg.matrix_norm(H))
     return float((C * H).sum()) / denom if denom > 0 else 0.0
 
@@ -318,11 +322,13 @@ def subspace_overlap(U: torch.Tensor, V: torch.Tensor) -> float:
     """``‖Uᵀ V‖_F² / k`` for orthonormal ``(p, k)`` bases: 1 for equal spans, 0 if orthogonal."""
     for name, M in (("U", U), ("V", V)):
         if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[1] == 0:
-            raise ValueError(f"{name} must be a (p, k) tensor of k >= 1 orthonormal columns, got "
-                             f"{tuple(getattr(M, 'shape', ()))}; reshape a single vector with "
-                             "u[:, None]")
+            raise ArgumentValueError(
+                f"{name} must be a (p, k) tensor of k >= 1 orthonormal columns, got "
+                f"{tuple(getattr(M, 'shape', ()))}; reshape a single vector with "
+                "u[:, None]")
     if U.shape != V.shape:
-        raise ValueError(f"bases must have the same shape, got {tuple(U.shape)}, {tuple(V.shape)}")
+        raise ArgumentValueError(
+            f"bases must have the same shape, got {tuple(U.shape)}, {tuple(V.shape)}")
     return float((U.T @ V).pow(2).sum()) / U.shape[1]
 
 
@@ -393,7 +399,7 @@ def noise_statistics(
     factor = noise_factor(objective.n, batch_size, replacement=replacement)
     k = integer(k, "k", minimum=1)
     if method not in ("gram", "lanczos"):
-        raise ValueError(f"method must be 'gram' or 'lanczos', got {method!r}")
+        raise ArgumentValueError(f"method must be 'gram' or 'lanczos', got {method!r}")
     if method == "lanczos":
         return _statistics_lanczos(objective, theta, batch_size, factor, k, replacement, hessian,
                                    num_matvecs, seed, started)

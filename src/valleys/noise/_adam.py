@@ -4,7 +4,7 @@ Adam moves by ``−η m̂/(√v̂ + δ)`` with ``m ← β₁m + (1−β₁)g_b``
 Near a fixed θ, with the preconditioner ``P = diag(√v + δ)`` frozen (``v`` averages over
 ``~1/(1−β₂)`` steps, far longer than ``m``), the mini-batch noise ``ξ_b = g_b − g`` reaches the
 update as ``P^{-1} m_ξ`` with ``m_ξ = (1−β₁) Σ_k β₁^k ξ_{t−k}``. For i.i.d. batches of covariance
-``Σ_B = c·C`` (:mod:`valleys.noise.minibatch`) its stationary covariance is
+``Σ_B = c·C`` (:mod:`valleys.noise._minibatch`) its stationary covariance is
 
 .. math::  Σ_{Adam} = \frac{1−β₁}{1+β₁}\, P^{-1} Σ_B P^{-1}
 
@@ -24,9 +24,10 @@ import numbers
 
 import torch
 
-from valleys.noise.minibatch import noise_factor
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+from valleys.noise._minibatch import noise_factor
 from valleys.objective import Objective
-from valleys.operators.base import LambdaOperator, LinearOperator
+from valleys.operators._base import LambdaOperator, LinearOperator
 
 __all__ = [
     "adam_noise_covariance",
@@ -40,7 +41,7 @@ def averaging_factor(beta1: float) -> float:
     """``(1−β₁)/(1+β₁)``: the variance left by Adam's EMA of i.i.d. noise."""
     if (isinstance(beta1, bool) or not isinstance(beta1, numbers.Real)
             or not 0.0 <= beta1 < 1.0):
-        raise ValueError(f"beta1 must lie in [0, 1), got {beta1!r}")
+        raise ArgumentValueError(f"beta1 must lie in [0, 1), got {beta1!r}")
     return (1.0 - beta1) / (1.0 + beta1)
 
 
@@ -67,11 +68,12 @@ def stationary_second_moment(
 
 def _preconditioner(v: torch.Tensor, delta: float) -> torch.Tensor:
     if not isinstance(v, torch.Tensor) or v.ndim != 1:
-        raise TypeError("v must be a 1-D tensor (Adam's second-moment estimate, one per parameter)")
+        raise ArgumentTypeError(
+            "v must be a 1-D tensor (Adam's second-moment estimate, one per parameter)")
     if bool((v < 0).any()):
-        raise ValueError("v must be non-negative (it is an average of squared gradients)")
+        raise ArgumentValueError("v must be non-negative (it is an average of squared gradients)")
     if delta < 0:
-        raise ValueError(f"delta must be non-negative, got {delta}")
+        raise ArgumentValueError(f"delta must be non-negative, got {delta}")
     return v.sqrt() + delta
 
 
@@ -83,9 +85,9 @@ def adam_noise_covariance(
     ``noise_cov`` is SGD's ``Σ_B`` (:func:`valleys.noise.noise_covariance` or any operator).
     """
     if not isinstance(noise_cov, LinearOperator):
-        raise TypeError("noise_cov must be a valleys LinearOperator")
+        raise ArgumentTypeError("noise_cov must be a valleys LinearOperator")
     if v.shape != (noise_cov.size,):
-        raise ValueError(f"v must have shape ({noise_cov.size},), got {tuple(v.shape)}")
+        raise ArgumentValueError(f"v must have shape ({noise_cov.size},), got {tuple(v.shape)}")
     inv = 1.0 / _preconditioner(v.to(noise_cov.device, noise_cov.dtype), delta)
     scale = averaging_factor(beta1)
 
@@ -119,19 +121,19 @@ def adam_noise_samples(
     correlated over about ``1/(1−β₁)`` steps.
     """
     if not isinstance(noise, torch.Tensor) or noise.ndim != 2:
-        raise ValueError("noise must be a tensor of shape (steps, p)")
+        raise ArgumentValueError("noise must be a tensor of shape (steps, p)")
     out = noise
     if average:
         averaging_factor(beta1)
         burn = int(-(-5 // (1.0 - beta1))) if burn_in is None else int(burn_in)
         if burn >= noise.shape[0]:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"burn_in={burn} leaves none of the {noise.shape[0]} steps; pass more noise samples"
             )
         out = _ema(noise, beta1)[burn:]
     if v is not None:
         if v.shape != (noise.shape[1],):
-            raise ValueError(f"v must have shape ({noise.shape[1]},), got {tuple(v.shape)}")
+            raise ArgumentValueError(f"v must have shape ({noise.shape[1]},), got {tuple(v.shape)}")
         out = out / _preconditioner(v.to(out.device, out.dtype), delta)
     return out
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from valleys.linalg.lanczos import _check_count, _check_operator, _check_seed, _generator, _Lanczos
-from valleys.linalg.results import SpectralDensity
-from valleys.linalg.trace import _probes
-from valleys.operators.base import LinearOperator
+from valleys.errors import ArgumentTypeError, ArgumentValueError
+from valleys.linalg._lanczos import _check_count, _check_operator, _check_seed, _generator, _Lanczos
+from valleys.linalg._results import SpectralDensity
+from valleys.linalg._trace import _probes
+from valleys.operators._base import LinearOperator
 
 __all__ = ["spectral_density"]
 
@@ -23,11 +24,11 @@ def _check_grid(grid: Any) -> torch.Tensor:
     try:
         g = torch.as_tensor(grid, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"grid must be a 1-D sequence of numbers, got {type(grid).__name__}"
         ) from err
     if g.ndim != 1 or g.numel() == 0 or not torch.isfinite(g).all():
-        raise ValueError(
+        raise ArgumentValueError(
             f"grid must be a non-empty 1-D array of finite numbers, got {tuple(g.shape)}"
         )
     return g
@@ -61,7 +62,7 @@ def spectral_density(
     ``m >= p``) its run stops early and the rule is exact for that probe.
 
     Args:
-        op: a symmetric :class:`~valleys.operators.base.LinearOperator` of size ``p``.
+        op: a symmetric :class:`~valleys.operators.LinearOperator` of size ``p``.
         num_probes: number of random probes; the density's noise falls like
             ``1/sqrt(num_probes)``.
         lanczos_steps: Lanczos steps (quadrature nodes) per probe, capped at ``p``; costs one
@@ -73,7 +74,7 @@ def spectral_density(
         seed: seed for the probes; same seed, same density.
 
     Returns:
-        A :class:`~valleys.linalg.results.SpectralDensity`; ``moments(k)`` gives the
+        A :class:`~valleys.linalg.SpectralDensity`; ``moments(k)`` gives the
         quadrature estimates of ``tr(A^k) / p``.
     """
     t0 = time.perf_counter()
@@ -84,7 +85,7 @@ def spectral_density(
         not isinstance(sigma, numbers.Real) or isinstance(sigma, bool)
         or not math.isfinite(sigma) or sigma <= 0
     ):
-        raise ValueError(f"sigma must be a positive finite number or None, got {sigma!r}")
+        raise ArgumentValueError(f"sigma must be a positive finite number or None, got {sigma!r}")
     if grid is None:
         num_points = _check_count(num_points, "num_points", 2)
     else:
