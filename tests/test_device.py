@@ -147,14 +147,8 @@ def test_objective_loss_gradient(device, dtype, loss):
     close(obj.per_sample_losses(), ref.per_sample_losses(), **tol_for(dtype))
 
 
-OPERATORS = {
-    "hessian": valleys.hessian,
-    "ggn": valleys.ggn,
-    "empirical_fisher": valleys.empirical_fisher,
-    "gradient_covariance": valleys.gradient_covariance,
-    "hessian_variance": valleys.hessian_variance,
-    "ggn_variance": valleys.ggn_variance,
-}
+# Every registered curvature matrix (a new one is checked on the device without a line here).
+OPERATORS = {name: curvature.factory for name, curvature in valleys.operators.CURVATURES.items()}
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])

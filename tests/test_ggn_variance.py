@@ -86,3 +86,25 @@ def test_curvature_is_validated(near_minimum):
         is_stable(obj, 0.1, 2, curvature="fisher")
     with pytest.raises(ValueError, match="leave method='auto'"):
         stability_analysis(obj, 0.1, 2, curvature="ggn", method="vmap")
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_algebra_form_gives_the_numbers_of_the_explicit_formulas(loss):
+    """Σ_G = M − G·G and C = F − g gᵀ are written in the operator algebra; their products must
+    equal the explicit formulas they replaced."""
+    X, Y = make_data(loss)
+    obj = valleys.Objective(make_model("mlp-tanh"), loss, (X, Y), chunk_size=5)
+    V = torch.randn(obj.dim, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    op = ggn_variance(obj)
+    explicit = op._second.matmat(V) - op.ggn.matmat(op.ggn.matmat(V))
+    assert float((op.matmat(V) - explicit).abs().max()) <= 1e-12 * float(explicit.abs().max())
+    assert float((op.matvec(V[:, 0]) - explicit[:, 0]).abs().max()) <= (
+        1e-12 * float(explicit.abs().max()))
+    assert op.symmetric
+    cov = valleys.gradient_covariance(obj)
+    g = cov.mean_gradient
+    explicit = cov.fisher.matmat(V) - torch.outer(g, g @ V)
+    assert float((cov.matmat(V) - explicit).abs().max()) <= 1e-12 * float(explicit.abs().max())
+    assert float((cov.matvec(V[:, 0]) - explicit[:, 0]).abs().max()) <= (
+        1e-12 * float(explicit.abs().max()))
+    assert cov.symmetric

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import sym_matrix
 
+import valleys
 from valleys.linalg import EigshResult, eigsh, power_iteration
 from valleys.operators._base import DenseOperator, LambdaOperator
 
@@ -334,3 +335,27 @@ def test_sharpness_can_return_the_record():
         valleys.sharpness(obj, return_result="yes")
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="return_result=True"):
         valleys.sharpness(obj, tol=1e-300)
+
+
+def test_smallest_and_both_ends_of_an_indefinite_hessian():
+    """The most negative curvature and both ends in one call, against the dense spectrum."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(),
+                                torch.nn.Linear(6, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=gen, dtype=torch.float64) * 3
+    obj = valleys.Objective(model, "mse", (X, y))
+    op = valleys.hessian(obj)
+    exact = torch.linalg.eigvalsh(op.to_dense())
+    assert float(exact[0]) < 0  # indefinite away from a minimum
+    low = valleys.eigsh(op, k=2, which="smallest", tol=1e-10, seed=0)
+    torch.testing.assert_close(low.values, exact[:2], rtol=1e-8, atol=1e-10)
+    both = valleys.eigsh(op, k=4, which="both", tol=1e-10, seed=0)
+    expected = torch.stack([exact[-1], exact[0], exact[-2], exact[1]])
+    torch.testing.assert_close(both.values, expected, rtol=1e-8, atol=1e-10)
+    assert bool((both.error_bounds >= (both.values - expected).abs()).all())
+    block = valleys.linalg.block_eigsh(op, torch.randn(op.size, 3, generator=gen,
+                                                       dtype=torch.float64),
+                                       k=3, which="both", tol=1e-8)[0]
+    torch.testing.assert_close(block.values, expected[:3], rtol=1e-6, atol=1e-8)

@@ -8,9 +8,11 @@ from conftest import make_data, make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.func import jacrev, vmap
 
 import valleys
 from valleys import Objective
+from valleys.errors import ArgumentValueError
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
@@ -337,3 +339,35 @@ def test_a_stable_loader_gives_the_numbers_of_the_tensor_pair(chunk_size):
     for _ in range(2):
         assert torch.allclose(H.matvec(v), H_ref.matvec(v), rtol=1e-11, atol=1e-14)
     assert torch.allclose(obj.per_sample_losses(), tensors.per_sample_losses(), rtol=1e-13)
+
+
+def test_sample_output_gives_per_sample_jacobians_under_vmap():
+    """The hook valleys.smoothness differentiates: f(x; θ) of one sample, at any θ."""
+    model = make_model("mlp-tanh")
+    X, Y = make_data("ce", n=7)
+    obj = Objective(model, "ce", (X, Y), chunk_size=3)
+    theta = 0.5 * obj.parameters_vector()
+    out = obj.forward(theta, X)
+    for i in range(X.shape[0]):
+        torch.testing.assert_close(obj.sample_output(theta, X[i]), out[i], rtol=0, atol=1e-15)
+    # In x: the input Jacobians; in θ: the parameter Jacobians, row by row as autograd gives.
+    Jx = vmap(jacrev(obj.sample_output, argnums=1), in_dims=(None, 0))(theta, X)
+    Jt = vmap(jacrev(obj.sample_output), in_dims=(None, 0))(theta, X)
+    assert Jx.shape == (7, out.shape[1], X.shape[1]) and Jt.shape == (7, out.shape[1], obj.dim)
+    for i in (0, 6):
+        x = X[i : i + 1].clone().requires_grad_(True)
+        t = theta.clone().requires_grad_(True)
+        f = obj.forward(t, x)[0]
+        for k in range(f.shape[0]):
+            gt, gx = torch.autograd.grad(f[k], (t, x), retain_graph=True)
+            torch.testing.assert_close(Jx[i, k], gx[0], rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(Jt[i, k], gt, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="flat vector"):
+        obj.sample_output(theta[:-1], X[0])
+
+
+def test_a_model_that_cannot_take_the_inputs_gets_an_argument_error():
+    model = make_model("mlp-tanh")
+    X, Y = make_data("ce")
+    with pytest.raises(ArgumentValueError, match="cannot be evaluated on the inp"):
+        Objective(model, "ce", (torch.ones(len(X), X.shape[1] + 1, dtype=X.dtype), Y))

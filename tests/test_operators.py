@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import MODEL_KINDS, DenseOracle, input_dim, make_data, make_model
 from torch import nn
 
 import valleys
-from valleys.operators import DenseOperator, LambdaOperator
+from valleys.operators import DenseOperator, LambdaOperator, LowRankOperator
 
 RTOL = 1e-8
 
@@ -224,3 +226,67 @@ def test_wide_products_split_into_vector_blocks_give_the_same_answer():
         whole = op.matmat(V)
         op.vector_block = 2  # 5 vectors -> blocks of 2, 2, 1
         assert_close(op.matmat(V), whole, 1e-13)
+
+
+def test_low_rank_operator_matches_dense():
+    g = torch.Generator().manual_seed(7)
+    p, r = 9, 3
+    U = torch.randn(p, r, generator=g, dtype=torch.float64)
+    V = torch.randn(p, r, generator=g, dtype=torch.float64)
+    s = torch.tensor([2.0, -0.5, 3.0], dtype=torch.float64)
+    X = torch.randn(p, 4, generator=g, dtype=torch.float64)
+    sym = LowRankOperator(U, s)
+    dense = U @ torch.diag(s) @ U.T
+    assert sym.symmetric and sym.rank == r and sym.shape == (p, p)
+    assert_close(sym.to_dense(), dense, 1e-14)
+    assert_close(sym.matmat(X), dense @ X, 1e-14)
+    assert_close(sym.matvec(X[:, 0]), dense @ X[:, 0], 1e-14)
+    general = LowRankOperator(U, V=V)  # U Vᵀ: s defaults to ones
+    assert not general.symmetric
+    assert_close(general.to_dense(), U @ V.T, 1e-14)
+    assert_close(general.matmat(X), U @ V.T @ X, 1e-14)
+    zero = LowRankOperator(torch.zeros(p, 0, dtype=torch.float64))
+    assert torch.equal(zero.to_dense(), torch.zeros(p, p, dtype=torch.float64))
+
+
+def test_low_rank_deflation_removes_the_top_eigenpairs():
+    from conftest import sym_matrix
+
+    lam = torch.tensor([5.0, 4.0, 2.0, 1.0, 0.5, -1.0], dtype=torch.float64)
+    A = sym_matrix(lam, seed=2)
+    top = valleys.eigsh(DenseOperator(A), k=2, tol=1e-12)
+    deflated = DenseOperator(A) - LowRankOperator(top.vectors, top.values)
+    assert deflated.symmetric
+    Q = top.vectors
+    assert_close(deflated.to_dense(), A - Q @ torch.diag(top.values) @ Q.T, 1e-13)
+    eig = torch.linalg.eigvalsh(deflated.to_dense())
+    assert eig[-1].item() == pytest.approx(2.0, rel=1e-10)  # 5 and 4 are gone (now 0)
+    assert valleys.eigsh(deflated, k=1, tol=1e-10).values[0].item() == pytest.approx(2.0, 1e-8)
+    # A low-rank preconditioner σI + U diag(s) Uᵀ composes with the rest of the algebra.
+    eye = DenseOperator(torch.eye(6, dtype=torch.float64))
+    precond = 0.5 * eye + LowRankOperator(Q, torch.ones(2, dtype=torch.float64))
+    assert_close(precond.to_dense(), 0.5 * torch.eye(6, dtype=torch.float64) + Q @ Q.T, 1e-14)
+
+
+def test_low_rank_operator_validation():
+    U = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="2-D"):
+        LowRankOperator(torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="floating"):
+        LowRankOperator(torch.zeros(4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"s of shape \(2,\)"):
+        LowRankOperator(U, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"V of shape \(4, 2\)"):
+        LowRankOperator(U, V=torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        LowRankOperator(U, torch.ones(2, dtype=torch.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        LowRankOperator(U, torch.tensor([1.0, math.nan], dtype=torch.float64))
+
+
+def test_square_of_a_symmetric_operator_is_symmetric():
+    A = DenseOperator(torch.eye(3, dtype=torch.float64) * 2)
+    B = DenseOperator(torch.ones(3, 3, dtype=torch.float64))
+    assert (A @ A).symmetric
+    assert not (A @ B).symmetric
+    assert not (DenseOperator(torch.triu(torch.ones(3, 3, dtype=torch.float64))) @ B).symmetric

@@ -95,6 +95,55 @@ def test_objective_uses_theta_and_its_data():
     torch.testing.assert_close(sm.input_jacobians(obj, X[:2]), J[:2], rtol=0, atol=0)
 
 
+def test_a_plain_model_is_evaluated_through_an_objective():
+    """A plain module gets the Objective's functional call, layout and checks."""
+    model, X = mlp(), randn(8, 4)
+    obj = valleys.Objective(model, "mse", (X, randn(8, 3, seed=1)))
+    torch.testing.assert_close(sm.parameter_jacobians(model, X, chunk_size=3),
+                               sm.parameter_jacobians(obj, chunk_size=3), rtol=0, atol=0)
+
+    class Noisy(nn.Module):  # dropout hidden in forward: random Jacobians
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3).double()
+
+        def forward(self, x):
+            return nn.functional.dropout(self.lin(x), 0.5, training=True)
+
+    with pytest.raises(ValueError, match="different outputs for the same inputs"):
+        sm.input_jacobians(Noisy(), X)
+
+
+def test_frozen_and_parameter_free_models():
+    model, X = mlp(), randn(5, 4)
+    J = sm.input_jacobians(model, X)
+    frozen = mlp().requires_grad_(False)
+    # A frozen model is evaluated at all its parameters; its parameter Jacobians are empty.
+    torch.testing.assert_close(sm.input_jacobians(frozen, X), J, rtol=0, atol=0)
+    assert sm.parameter_jacobians(frozen, X).shape == (5, 3, 0)
+    assert sm.input_smoothness(frozen, X).g_w == 0.0
+    with pytest.raises(ValueError, match="has no parameters"):
+        sm.input_jacobians(nn.Tanh(), X)
+
+
+def test_objective_with_explicit_inputs_and_unusual_parameter_names():
+    class Odd(nn.Module):  # parameter names that are fnmatch patterns of other names
+        def __init__(self):
+            super().__init__()
+            self.add_module("a[0]", nn.Linear(4, 4).double())
+            self.add_module("a0", nn.Linear(4, 3).double())
+
+        def forward(self, x):
+            return self.a0(torch.tanh(getattr(self, "a[0]")(x)))
+
+    torch.manual_seed(0)
+    model, X = Odd(), randn(6, 4)
+    obj = valleys.Objective(model, "mse", (X[:2], randn(2, 3)), params=["a?0?.*", "a0.*"])
+    assert obj.names == ["a[0].weight", "a[0].bias", "a0.weight", "a0.bias"]
+    torch.testing.assert_close(sm.parameter_jacobians(obj, X),
+                               sm.parameter_jacobians(model, X), rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # g_w(k), g_x(k)
 # ------------------------------------------------------------------------------------------------

@@ -128,3 +128,30 @@ def test_gram_detects_tied_weights_and_falls_back():
     torch.testing.assert_close(G, J @ J.T, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"outside their nn\.Linear calls"):
         gram_matrix(obj, method="linear-layers")
+
+
+def test_gram_with_singular_g_matches_the_jacobian_oracle():
+    """nK > p: G = JJᵀ is singular, and the non-uniformity comes from Lanczos in the (degenerate)
+    G inner product. Gauss–Newton values (residual terms dropped) against a dense oracle built
+    from J: Σ = Jᵀ(D − G/n)J/n, H = JᵀJ/n."""
+    torch.manual_seed(1)
+    n, K = 40, 3
+    X = torch.randn(n, 3, dtype=F64)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, K)).double()  # p = 31
+    obj = valleys.Objective(model, "mse", (X, torch.zeros(n, K, dtype=F64)))
+    theta = obj.parameters_vector()
+    J = torch.func.jacrev(lambda t: obj.forward(t, X))(theta).reshape(n * K, -1)
+    assert J.shape[1] < n * K
+    G = J @ J.T
+    D = torch.block_diag(*[G[i * K : (i + 1) * K, i * K : (i + 1) * K] for i in range(n)])
+    sigma = J.T @ (D - G / n) @ J / n
+    s = float(torch.linalg.eigvalsh(sigma)[-1]) ** 0.5
+    a = float(torch.linalg.eigvalsh(J.T @ J)[-1]) / n
+    for method, form in [("linear-layers", "factored"), ("jacobian", "dense")]:
+        with pytest.warns(RuntimeWarning, match="not an interpolating minimum"):
+            g = gram_sharpness_nonuniformity(obj, batch_size=4, method=method, form=form)
+        assert g.converged
+        assert g.sharpness == pytest.approx(a, rel=1e-9)
+        assert g.nonuniformity == pytest.approx(s, rel=1e-9)
+    with pytest.raises(ValueError, match="max_steps"):
+        gram_sharpness_nonuniformity(obj, max_steps=0, residual_tol=math.inf)

@@ -131,3 +131,20 @@ def test_bad_arguments_are_refused_with_the_options():
     with pytest.raises(ValueError, match="no hyperparameters"):
         threshold("gd", 0.1, beta=0.9)
     assert set(OPTIMIZER_THRESHOLDS) == {"gd", "heavy_ball", "nesterov", "adam"}
+
+
+def test_momentum_is_heavy_ball_under_the_name_train_uses():
+    from valleys.stability.thresholds import OPTIMIZER_ALIASES
+    from valleys.train import OPTIMIZERS
+
+    assert OPTIMIZER_ALIASES == {"momentum": "heavy_ball"}
+    for lr, beta in ((0.01, 0.9), (0.1, 0.5), (0.05, 0.0)):
+        assert threshold("momentum", lr, beta=beta) == threshold("heavy_ball", lr, beta=beta)
+    assert threshold("momentum", 0.01) == threshold("heavy_ball", 0.01)
+    with pytest.raises(ValueError, match="takes only 'beta'"):
+        threshold("momentum", 0.1, beta1=0.9)
+    with pytest.raises(ValueError, match="aliases: momentum = heavy_ball"):
+        threshold("heavy-ball", 0.1)
+    # Every optimizer train() runs that has a threshold is known under train()'s name.
+    assert "momentum" in OPTIMIZERS
+    assert {"nesterov", "adam"} <= set(OPTIMIZERS) & set(OPTIMIZER_THRESHOLDS)

@@ -20,17 +20,23 @@ from valleys import train as train
 from valleys._sharpness import nonuniformity as nonuniformity
 from valleys._sharpness import sharpness as sharpness
 from valleys._version import __version__ as __version__
+from valleys.blocks import block_spectra as block_spectra
+from valleys.landscape import sam_sharpness as sam_sharpness
+from valleys.linalg import DiagonalResult as DiagonalResult
 from valleys.linalg import EigshResult as EigshResult
 from valleys.linalg import SpectralDensity as SpectralDensity
 from valleys.linalg import TraceResult as TraceResult
+from valleys.linalg import diagonal as diagonal
 from valleys.linalg import eigsh as eigsh
 from valleys.linalg import power_iteration as power_iteration
 from valleys.linalg import spectral_density as spectral_density
 from valleys.linalg import trace as trace
 from valleys.objective import Objective as Objective
+from valleys.operators import CURVATURES as _CURVATURES
 from valleys.operators import DenseOperator as DenseOperator
 from valleys.operators import LambdaOperator as LambdaOperator
 from valleys.operators import LinearOperator as LinearOperator
+from valleys.operators import LowRankOperator as LowRankOperator
 from valleys.operators import empirical_fisher as empirical_fisher
 from valleys.operators import ggn as ggn
 from valleys.operators import ggn_variance as ggn_variance
@@ -41,13 +47,17 @@ from valleys.problems import load_problem as load_problem
 
 __all__ = [
     "DenseOperator",
+    "DiagonalResult",
     "EigshResult",
     "LambdaOperator",
     "LinearOperator",
+    "LowRankOperator",
     "Objective",
     "SpectralDensity",
     "TraceResult",
+    "block_spectra",
     "data",
+    "diagonal",
     "distributed",
     "eigsh",
     "empirical_fisher",
@@ -64,6 +74,7 @@ __all__ = [
     "noise",
     "nonuniformity",
     "power_iteration",
+    "sam_sharpness",
     "sde",
     "sharpness",
     "smoothness",
@@ -73,3 +84,9 @@ __all__ = [
     "trace",
     "train",
 ]
+
+# Every registered curvature matrix is a top-level factory too (``valleys.mc_fisher``, ...), so
+# adding one to valleys.operators needs no line here; the explicit imports above keep the older
+# ones visible to static type checkers.
+globals().update({name: curvature.factory for name, curvature in _CURVATURES.items()})
+__all__ += sorted(set(_CURVATURES) - set(__all__))

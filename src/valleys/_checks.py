@@ -7,6 +7,7 @@ import numbers
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
@@ -16,17 +17,32 @@ __all__ = [
     "available_device",
     "finite_real",
     "integer",
+    "is_integral",
+    "is_real",
     "positive_real",
+    "relative_tolerance",
     "seed_value",
     "writable_folder",
 ]
+
+
+def is_integral(value: object) -> TypeGuard[int]:
+    """``isinstance(value, numbers.Integral)`` (Python and numpy integers, and bools), written
+    as a type guard: type checkers do not know that ``int`` is a ``numbers.Integral`` and would
+    call the code after a failed ``isinstance`` check unreachable."""
+    return isinstance(value, numbers.Integral)
+
+
+def is_real(value: object) -> TypeGuard[float]:
+    """``isinstance(value, numbers.Real)`` as a type guard (see :func:`is_integral`)."""
+    return isinstance(value, numbers.Real)
 
 
 def positive_real(value: object, name: str, *, hint: str = "") -> float:
     """``value`` as a float if it is a finite real number > 0 of any numeric type (Python,
     numpy or a 0-d tensor's ``.item()``); bools, strings, NaN, ±inf and values <= 0 raise a
     ``ValueError`` that names the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not is_real(value):
         raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}"
                                  + (f"; {hint}" if hint else ""))
     if not math.isfinite(value) or value <= 0:
@@ -39,7 +55,7 @@ def finite_real(value: object, name: str, *, hint: str = "") -> float:
     """``value`` as a float if it is a finite real number of any numeric type (Python or numpy);
     bools, strings, ``None``, NaN and ±inf raise a ``ValueError`` that names the argument.
     Range checks are left to the caller."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+    if (isinstance(value, bool) or not is_real(value)
             or not math.isfinite(value)):
         raise ArgumentValueError(f"{name} must be a finite real number, got {value!r}"
                                  + (f"; {hint}" if hint else ""))
@@ -50,7 +66,7 @@ def integer(value: object, name: str, *, minimum: int | None = None, hint: str =
     """``value`` as an int if it is an integer of any type (Python or numpy) that is at least
     ``minimum``; bools, floats (even ``2.0``), strings and ``None`` raise a ``ValueError`` that
     names the argument."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    if (isinstance(value, bool) or not is_integral(value)
             or (minimum is not None and value < minimum)):
         bound = "" if minimum is None else f" >= {minimum}"
         raise ArgumentValueError(f"{name} must be an integer{bound}, got {value!r}"
@@ -58,11 +74,21 @@ def integer(value: object, name: str, *, minimum: int | None = None, hint: str =
     return int(value)
 
 
+def relative_tolerance(value: object, name: str = "tol") -> float:
+    """A relative tolerance: a finite real number in ``(0, 1)`` (not a bool), as a float."""
+    if (not is_real(value) or isinstance(value, bool) or not math.isfinite(value)
+            or not 0 < value < 1):
+        raise ArgumentValueError(
+            f"{name} must be a number in (0, 1), a relative tolerance such as 1e-6, got "
+            f"{value!r}")
+    return float(value)
+
+
 def seed_value(value: object, name: str = "seed") -> int:
     """A random seed: an integer of any type (Python or numpy), not a bool, that a
     ``torch.Generator`` takes (``-2**63 <= seed < 2**64``); else ``TypeError`` (the wording of
     :func:`valleys.eigsh`) or, out of range, ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not is_integral(value):
         raise ArgumentTypeError(f"{name} must be an int, got {value!r}")
     if not -(2**63) <= value < 2**64:
         raise ArgumentValueError(

@@ -31,7 +31,6 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 DTYPES = {"float32", "float64"}
-TRACE_METHODS = ("hutch++", "hutchinson", "exact")
 
 
 def _version(value: bool) -> None:
@@ -103,6 +102,7 @@ def curvature(
     import valleys
     from valleys import distributed as vdist
     from valleys._checks import available_device, positive_real, writable_folder
+    from valleys.linalg import TRACE_METHODS, TRACE_MIN_MATVECS
     from valleys.problems import PROBLEMS, load_problem
 
     # Every argument is checked here, before a problem is trained or loaded.
@@ -120,7 +120,7 @@ def curvature(
         if value is not None and value <= 0:
             raise ArgumentValueError(f"{name} must be positive, got {value}")
     positive_real(tol, "--tol", hint="the relative residual tolerance of Lanczos, e.g. 1e-4")
-    least = {"hutch++": 3, "hutchinson": 2}.get(trace_method)
+    least = TRACE_MIN_MATVECS.get(trace_method)
     if least is not None and trace_matvecs < least:
         raise ArgumentValueError(f"--trace-matvecs must be at least {least} for --trace-method "
                                  f"{trace_method}, got {trace_matvecs}")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
-__all__ = ["LossFn", "cross_entropy", "resolve_loss", "squared_error"]
+__all__ = ["LossFn", "cross_entropy", "next_token_losses", "resolve_loss", "squared_error"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -109,3 +109,22 @@ def check_targets(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> No
         else:
             raise ArgumentTypeError(f"loss 'ce' needs int64 labels or float probabilities, got "
                                     f"{targets.dtype}")
+
+
+def next_token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Language-model cross-entropy per predicted token, over non-padding tokens only.
+
+    ``batch["input_ids"]`` ``(B, T)`` and optionally ``batch["attention_mask"]`` (1 = token,
+    0 = padding). Position ``t`` predicts token ``t + 1``; a prediction counts when its target is
+    a token. Returns a 1-D tensor (one loss per counted token), so the mean that
+    :meth:`valleys.Objective.from_function` takes is the usual per-token language-model loss.
+    The model is called as ``model(input_ids, attention_mask)`` when a mask is given.
+    """
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    logits = model(ids) if mask is None else model(ids, mask)
+    logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+    losses = torch.nn.functional.cross_entropy(logits, ids[:, 1:].reshape(-1), reduction="none")
+    if mask is None:
+        return losses
+    return losses[mask[:, 1:].reshape(-1).bool()]

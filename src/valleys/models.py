@@ -1,6 +1,6 @@
-"""Small reference networks: an MLP, a small CNN and a small ResNet.
+"""Small reference networks: an MLP, a small CNN, a small ResNet and a tiny GPT.
 
-All three are plain :class:`torch.nn.Module` s built for curvature and training-dynamics
+All of them are plain :class:`torch.nn.Module` s built for curvature and training-dynamics
 experiments:
 
 * ``seed`` makes the initialization deterministic without touching the caller's global random
@@ -24,16 +24,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from valleys._checks import is_integral
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
-__all__ = ["ACTIVATIONS", "MLP", "SmallCNN", "SmallResNet", "make_activation", "num_parameters"]
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "SmallCNN",
+    "SmallResNet",
+    "TinyGPT",
+    "make_activation",
+    "num_parameters",
+]
 
 #: Activation names accepted by the models, mapped to module factories.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -94,7 +102,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if isinstance(seed, bool) or not is_integral(seed) or seed < 0:
         raise ArgumentValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     # devices=[]: only the CPU generator is forked; the parameters are created on the CPU.
     # torch.default_generator.manual_seed (unlike torch.manual_seed) leaves CUDA generators alone.
@@ -104,7 +112,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not is_integral(value) or value < 1:
         raise ArgumentValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
@@ -233,7 +241,23 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class SmallCNN(nn.Module):
+class _ConvClassifier(nn.Module):
+    """What the convolutional models share: the input adapter, ``num_classes`` and
+    ``input_shape``."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int,
+                 spatial_dims: int | None) -> None:
+        super().__init__()
+        self.adapter = _InputAdapter(input_shape, spatial_dims)
+        self.num_classes = _positive_int(num_classes, "num_classes")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample, as given."""
+        return self.adapter.input_shape
+
+
+class SmallCNN(_ConvClassifier):
     """A few ``conv -> act`` layers, global pooling (or flattening) and a linear head.
 
     Args:
@@ -267,9 +291,7 @@ class SmallCNN(nn.Module):
         spatial_dims: int | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
-        self.adapter = _InputAdapter(input_shape, spatial_dims)
-        self.num_classes = _positive_int(num_classes, "num_classes")
+        super().__init__(input_shape, num_classes, spatial_dims)
         self.channels = _int_tuple(channels, "channels")
         kernel_size = _positive_int(kernel_size, "kernel_size")
         if kernel_size % 2 == 0:
@@ -300,11 +322,6 @@ class SmallCNN(nn.Module):
             self.features = nn.Sequential(*layers)
             self.head = nn.Linear(head_in, self.num_classes)
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample, as given."""
-        return self.adapter.input_shape
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch (see the class docstring for accepted shapes) to ``(n, num_classes)``."""
         h = self.features(self.adapter(x))
@@ -328,7 +345,7 @@ class _ResidualBlock(nn.Module):
         return x + self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(_ConvClassifier):
     """A stem conv, ``num_blocks`` residual blocks, global average pooling and a linear head.
 
     Each block computes ``x + conv(act(conv(x)))`` at constant width with 3-wide kernels and
@@ -361,11 +378,9 @@ class SmallResNet(nn.Module):
         spatial_dims: int | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
-        self.adapter = _InputAdapter(input_shape, spatial_dims)
-        self.num_classes = _positive_int(num_classes, "num_classes")
+        super().__init__(input_shape, num_classes, spatial_dims)
         self.width = _positive_int(width, "width")
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, numbers.Integral) \
+        if isinstance(num_blocks, bool) or not is_integral(num_blocks) \
                 or num_blocks < 0:
             raise ArgumentValueError(
                 f"num_blocks must be a non-negative integer, got {num_blocks!r}")
@@ -386,12 +401,89 @@ class SmallResNet(nn.Module):
             )
             self.head = nn.Linear(self.width, self.num_classes)
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample, as given."""
-        return self.adapter.input_shape
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch (see :class:`SmallCNN` for accepted shapes) to ``(n, num_classes)``."""
         h = self.blocks(self.stem(self.adapter(x)))
         return self.head(_pool(h, self.adapter.spatial_dims))
+
+
+# -- a small decoder-only transformer ------------------------------------------------------------
+class _CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, h: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        B, T, D = h.shape
+        q, k, v = self.qkv(h).split(D, dim=2)
+        q, k, v = (t.reshape(B, T, self.n_head, D // self.n_head).transpose(1, 2)
+                   for t in (q, k, v))
+        mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+        if keep is not None:  # padded keys are never attended to
+            mask = mask & keep[:, None, None, :].bool()
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+class _Block(nn.Module):
+    def __init__(self, d_model: int, n_head: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = _CausalSelfAttention(d_model, n_head)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(),
+                                 nn.Linear(4 * d_model, d_model))
+
+    def forward(self, h: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        h = h + self.attn(self.ln1(h), keep)
+        return h + self.mlp(self.ln2(h))
+
+
+class TinyGPT(nn.Module):
+    """A GPT-style decoder: token and learned position embeddings, pre-LayerNorm blocks of
+    causal multi-head self-attention and a GELU MLP, a final LayerNorm and an output layer tied
+    to the token embedding (Radford et al. 2019, GPT-2's layout at toy size).
+
+    ``forward(input_ids, attention_mask=None)`` maps ``(B, T)`` token ids to ``(B, T, vocab)``
+    logits; ``attention_mask`` (1 = token, 0 = padding) keeps padded keys out of attention.
+    Attention goes through ``F.scaled_dot_product_attention``, so on CPU and GPU it reaches the
+    fused kernels; valleys' objectives detect that and use the math backend for curvature.
+    Pair it with :func:`valleys.losses.next_token_losses` and
+    :meth:`valleys.Objective.from_function`. Defaults: 2 layers, ``d_model = 32``.
+    """
+
+    def __init__(self, vocab_size: int = 64, *, d_model: int = 32, n_layer: int = 2,
+                 n_head: int = 2, max_len: int = 32, seed: int | None = None) -> None:
+        super().__init__()
+        vocab_size = _positive_int(vocab_size, "vocab_size")
+        d_model, n_layer = _positive_int(d_model, "d_model"), _positive_int(n_layer, "n_layer")
+        n_head, max_len = _positive_int(n_head, "n_head"), _positive_int(max_len, "max_len")
+        if d_model % n_head:
+            raise ArgumentValueError(
+                f"d_model = {d_model} must be a multiple of n_head = {n_head}")
+        self.max_len = max_len
+        with _seeded(seed):
+            self.wte = nn.Embedding(vocab_size, d_model)
+            self.wpe = nn.Embedding(max_len, d_model)
+            self.blocks = nn.ModuleList(_Block(d_model, n_head) for _ in range(n_layer))
+            self.ln_f = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, vocab_size, bias=False)
+            for module in self.modules():  # GPT-2's initialization scale
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    nn.init.normal_(module.weight, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        self.head.weight = self.wte.weight  # weight tying
+
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        if T > self.max_len:
+            raise ArgumentValueError(f"sequences of length {T} exceed max_len = {self.max_len}")
+        positions = torch.arange(T, device=input_ids.device)
+        h = self.wte(input_ids) + self.wpe(positions)
+        for block in self.blocks:
+            h = block(h, attention_mask)
+        return self.head(self.ln_f(h))

@@ -14,15 +14,36 @@ large ``n`` is. Nothing here changes the model: it is evaluated functionally
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
 import math
-import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from valleys import distributed as vdist
+from valleys._attention import math_attention, needs_math_attention
+from valleys._fingerprint import (
+    DTYPE_CODES,
+    check_batch_size,
+    check_pass,
+    checksum,
+    first_pass_checksum,
+    probe_vector,
+    stack_checksums,
+)
+from valleys._objective_checks import (
+    check_batch,
+    check_deterministic,
+    check_indices,
+    normalize_data,
+    optional_positive_int,
+    refuse_train_mode,
+    select_parameters,
+)
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.losses import LossFn, check_targets, resolve_loss
 
@@ -30,20 +51,8 @@ __all__ = ["Objective"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-# Modules whose forward pass is not a deterministic function of (θ, x) in train mode.
-_STOCHASTIC_IN_TRAIN = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.modules.dropout._DropoutNd,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-
-
-# Samples evaluated at construction to detect hidden randomness or batch dependence, and how
-# far two evaluations may differ by rounding alone (other batch sizes pick other kernels).
+# Samples evaluated at construction to detect hidden randomness or batch dependence.
 _PROBE_SAMPLES = 8
-_DETERMINISM_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
 class Objective:
@@ -63,9 +72,11 @@ class Objective:
             checksums differ from the first raises a ``ValueError`` naming the batch.
         chunk_size: largest number of samples evaluated at once (``None``: a tensor pair is one
             chunk, an iterable's batches are used as they come). Chunking trades speed for memory.
-        params: names (or ``fnmatch`` patterns such as ``"layers.0.*"``) of the parameters that
-            form ``θ``; the others stay fixed at their current values. Default: every parameter
-            with ``requires_grad``.
+        params: the parameters that form ``θ``: names or ``fnmatch`` patterns (``"layers.0.*"``),
+            a predicate ``name -> bool``, or modules of the model (their parameters); the
+            others stay fixed at their current values, so every operator and solver works on
+            that subset (the diagonal block of the full matrix). Default: every parameter with
+            ``requires_grad``.
         allow_train_mode: accept stochastic modules in train mode (results then vary per call).
         distributed: shard the samples over the processes of the default
             :mod:`torch.distributed` group (see :mod:`valleys.distributed`). ``data`` is then
@@ -83,12 +94,20 @@ class Objective:
     its ``.module`` is the model (parameter names without the ``module.`` prefix).
 
     Attributes:
-        n: number of samples (global when distributed). ``dim``: number of parameters in ``θ``.
-        ``dtype``, ``device``: those of the parameters. ``names``, ``shapes``: layout of the
-        flat vector. ``distributed``, ``rank``, ``world_size``; ``shard_sizes`` and
-        ``shard_chunks``: samples and chunks of every rank's shard (one entry on one process);
-        ``shard_start``: global index of this shard's first sample.
+        n: number of samples (global when distributed).
+        dim: number of parameters in ``θ``.
+        dtype: the parameters' dtype (``device``: their device).
+        names: layout of the flat vector: the parameters' names (``shapes``: their shapes).
+        distributed: whether sharded (``rank``, ``world_size``: this process and the group).
+        shard_sizes: samples of every rank's shard (one entry on one process); ``shard_chunks``
+            the chunks of each, ``shard_start`` the global index of this shard's first sample.
     """
+
+    shard_sizes: tuple[int, ...]
+    shard_chunks: tuple[int, ...]
+    # The data: a pair of tensors, or (when that is None) a re-iterable of batches.
+    _tensors: Batch | None
+    _batches: Iterable[Any] | None
 
     def __init__(
         self,
@@ -97,7 +116,7 @@ class Objective:
         data: Batch | Iterable[Batch],
         *,
         chunk_size: int | None = None,
-        params: Sequence[str] | None = None,
+        params: Sequence[str] | Callable[[str], bool] | nn.Module | None = None,
         allow_train_mode: bool = False,
         distributed: bool = False,
     ) -> None:
@@ -109,8 +128,6 @@ class Objective:
             self._build(model, loss, data, chunk_size, params, allow_train_mode)
             self.shard_sizes, self.shard_chunks, self.shard_start = (self.n,), (self.num_chunks,), 0
             return
-        from valleys import distributed as vdist
-
         if not vdist.is_initialized():
             raise ArgumentValueError(
                 "distributed=True needs an initialized torch.distributed process group: launch "
@@ -125,25 +142,32 @@ class Objective:
             failure = error
         self._handshake(failure)
 
-    def _build(self, model, loss, data, chunk_size, params, allow_train_mode) -> None:
+    def _build(
+        self,
+        model: nn.Module,
+        loss: str | LossFn,
+        data: Batch | Iterable[Batch],
+        chunk_size: int | None,
+        params: Sequence[str] | Callable[[str], bool] | nn.Module | None,
+        allow_train_mode: bool,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if chunk_size is not None and (
-            not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool)
-            or chunk_size <= 0
-        ):
-            raise ArgumentValueError(
-                f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-        chunk_size = None if chunk_size is None else int(chunk_size)
+        chunk_size = optional_positive_int(chunk_size, "chunk_size")
         if not allow_train_mode:
-            _refuse_train_mode(model)
+            refuse_train_mode(model)
         self.model = model
         self.loss_name, self.loss_fn = resolve_loss(loss)
         self.chunk_size = chunk_size
         self.allow_train_mode = allow_train_mode
+        self._set_layout(model, params)
+        self._tensors, self._batches = normalize_data(data)
+        self.n = self._count_and_check()
 
+    def _set_layout(self, model: nn.Module, params: object) -> None:
+        """The flat layout of θ: names, shapes, dtype and device, and the fixed tensors."""
         named = dict(model.named_parameters())
-        self.names = _select_parameters(named, params)
+        self.names = select_parameters(named, params)
         variable = [named[k] for k in self.names]
         dtypes = {p.dtype for p in variable}
         devices = {p.device for p in variable}
@@ -157,18 +181,40 @@ class Objective:
             raise ArgumentTypeError(f"parameters must be floating point, got {self.dtype}")
         self.device = variable[0].device
         if self.distributed:
-            from valleys import distributed as vdist
-
             vdist.check_model_device(self.device)
         self.shapes = [p.shape for p in variable]
         self.numels = [p.numel() for p in variable]
         self.dim = sum(self.numels)
         # Frozen parameters and buffers are passed to functional_call alongside θ.
-        self._fixed = {k: v for k, v in named.items() if k not in set(self.names)}
+        self._fixed: dict[str, torch.Tensor] = {
+            k: v for k, v in named.items() if k not in set(self.names)}
         self._fixed.update(dict(model.named_buffers()))
 
-        self._tensors, self._batches = _normalize_data(data)
-        self.n = self._count_and_check()
+    @classmethod
+    def from_function(
+        cls,
+        model: nn.Module,
+        fn: Callable[[nn.Module, object], torch.Tensor],
+        data: Iterable[object],
+        *,
+        params: Sequence[str] | Callable[[str], bool] | nn.Module | None = None,
+        allow_train_mode: bool = False,
+    ) -> Objective:
+        """The risk of any per-sample loss ``fn(model, batch)`` over any re-iterable of batches.
+
+        ``data`` yields batches of any structure (dicts, tuples, nested tensors); ``fn`` calls
+        the model normally and returns the batch's per-sample (or per-token) losses as a 1-D
+        tensor, and ``L(θ)`` is their mean over all batches. valleys evaluates ``fn`` at any
+        ``θ`` through :func:`torch.func.functional_call`. Hessian products (also through input
+        derivatives inside ``fn``), spectra, traces, the gradient covariance and the empirical
+        Fisher work; quantities needing separate outputs and a known loss (GGN, accuracy) or
+        indexable samples raise. See :mod:`valleys._function_objective`.
+        """
+        # Deferred: the subclass module imports this one.
+        from valleys._function_objective import FunctionObjective
+
+        return FunctionObjective(model, fn, data, params=params,
+                                 allow_train_mode=allow_train_mode)
 
     def _handshake(self, failure: Exception | None) -> None:
         """All-gather (status, shard size, chunks, layout, θ fingerprint) and check them.
@@ -176,15 +222,13 @@ class Objective:
         Every rank reaches this collective even when its own construction failed, so a bad
         shard raises on all ranks instead of leaving the others blocked in their first sum.
         """
-        from valleys import distributed as vdist
-
         info = torch.full((6,), math.nan, dtype=torch.float64)
         info[0] = 0.0 if failure is None else 1.0
         if failure is None:
-            probe = _probe(self.dim, torch.float64, torch.device("cpu"))
+            probe = probe_vector(self.dim, torch.float64, torch.device("cpu"))
             theta = self.parameters_vector().detach().to("cpu", torch.float64)
             info[1:] = torch.tensor(
-                [self.n, self.num_chunks, self.dim, _DTYPE_CODES.get(self.dtype, -1),
+                [self.n, self.num_chunks, self.dim, DTYPE_CODES.get(self.dtype, -1),
                  float(theta @ probe)], dtype=torch.float64,
             )
         gathered = vdist.all_gather_rows(info)
@@ -222,7 +266,7 @@ class Objective:
         self.shard_start = sum(sizes[: self.rank])
         self._local_n = self.n
         self.n = sum(sizes)
-        self._probe_vector = _probe(self.dim, self.dtype, self.device)
+        self._probe_vector = probe_vector(self.dim, self.dtype, self.device)
 
     # -- reductions over ranks --------------------------------------------------------------
     def reduce(
@@ -236,8 +280,6 @@ class Objective:
         """
         if not self.distributed:
             return partial
-        from valleys import distributed as vdist
-
         probes = tuple(
             t.detach().reshape(-1, self.dim).to(self._probe_vector.dtype) @ self._probe_vector
             for t in inputs
@@ -328,33 +370,20 @@ class Objective:
                     Y[start : start + step].to(self.device, non_blocking=True),
                 )
             return
-        sizes, reference = self._batch_sizes, self._fingerprint
         # Checksums accumulate on the device; they are compared once, at the end of the pass
         # (one synchronization per pass, not one per batch).
-        seen = torch.zeros_like(reference[:, 0])
+        seen = torch.zeros_like(self._fingerprint[:, 0])
         count = 0
-        for index, (X, Y) in enumerate(self._batches):
-            if index >= len(sizes):
-                raise _data_changed(index, f"is one more than the {len(sizes)} batches of the "
-                                           "first pass")
-            if X.shape[0] != sizes[index] or Y.shape[0] != sizes[index]:
-                raise _data_changed(index, f"has {X.shape[0]} samples (inputs) and "
-                                           f"{Y.shape[0]} (targets), the first pass had "
-                                           f"{sizes[index]}")
+        for index, (X, Y) in enumerate(self._batch_source()):
+            check_batch_size(index, X, Y, self._batch_sizes)
             step = self.chunk_size or X.shape[0]
             for start in range(0, X.shape[0], step):
                 Xc = X[start : start + step].to(self.device, non_blocking=True)
                 Yc = Y[start : start + step].to(self.device, non_blocking=True)
-                seen[index] += _checksum(Xc, Yc, start)
+                seen[index] += checksum(Xc, Yc, start)
                 yield Xc, Yc
             count = index + 1
-        if count < len(sizes):
-            raise _data_changed(count, f"is missing: the pass ended after {count} batches, the "
-                                       f"first had {len(sizes)}")
-        changed = _first_mismatch(seen, reference)
-        if changed is not None:
-            raise _data_changed(changed, "holds other values than on the first pass (its "
-                                         "checksums of inputs and targets differ)")
+        check_pass(seen, count, self._fingerprint)
 
     def batch(self, indices: torch.Tensor) -> Batch:
         """The samples ``indices`` as ``(X, Y)`` on the parameters' device (tensor data only)."""
@@ -370,7 +399,7 @@ class Objective:
                 "was built from an iterable of batches"
             )
         X, Y = self._tensors
-        indices = _check_indices(indices, self.n).to(X.device)
+        indices = check_indices(indices, self.n).to(X.device)
         return X[indices].to(self.device), Y[indices].to(self.device)
 
     def batch_loss_and_gradient(
@@ -389,7 +418,7 @@ class Objective:
                 "mini-batches by index need the data as a pair of tensors (X, Y); this objective "
                 "was built from an iterable of batches"
             )
-        indices = _check_indices(indices, self.n)
+        indices = check_indices(indices, self.n)
         count = indices.numel()
         X, Y = self._tensors
         if self.distributed:
@@ -407,6 +436,12 @@ class Objective:
         both = self.reduce(torch.cat([total.detach().reshape(1), gradient]), inputs=(leaf,))
         return both[0] / count, both[1:] / count
 
+    def _batch_source(self) -> Iterable[Any]:
+        """The re-iterable of batches of an objective not built from a pair of tensors."""
+        if self._batches is None:
+            raise RuntimeError("this objective holds a pair of tensors, not batches")
+        return self._batches
+
     @property
     def num_chunks(self) -> int:
         """How many chunks one pass over the data takes (counted when the objective was built)."""
@@ -416,41 +451,41 @@ class Objective:
         n = 0
         first = True
         self._num_chunks = 0
-        batches = [self._tensors] if self._tensors is not None else self._batches
+        batches = [self._tensors] if self._tensors is not None else self._batch_source()
         classes = None
         # The first pass's batch sizes and checksums, against which chunks() checks every
         # later pass of an iterable (computed on the batches' own device: no transfer here).
         sizes: list[int] = []
         checksums: list[torch.Tensor] = []
         for index, (X, Y) in enumerate(batches):
-            _check_batch(X, Y, self.dtype)
+            check_batch(X, Y, self.dtype)
             if X.shape[0] == 0 and self._tensors is None:
                 raise ArgumentValueError(
                     f"batch {index} of the data is empty; drop empty batches (e.g. "
                     "a DataLoader with drop_last=True, or filter them out)")
             self._num_chunks += -(-X.shape[0] // (self.chunk_size or max(X.shape[0], 1)))
             if self._tensors is None:
-                step = self.chunk_size or X.shape[0]
                 sizes.append(X.shape[0])
-                total = torch.zeros(2, _CHECKSUM_TERMS, dtype=torch.float64)
-                for start in range(0, X.shape[0], step):  # chunked as chunks() will be
-                    total += _checksum(X[start : start + step], Y[start : start + step],
-                                       start, scale=True).cpu()
-                checksums.append(total)
+                checksums.append(first_pass_checksum(X, Y, self.chunk_size or X.shape[0]))
             if first and X.shape[0] > 0:
                 # Run two samples through the model once so shape errors surface here.
                 with torch.no_grad():
                     try:
-                        out = self.forward(self.parameters_vector(), X[:2].to(self.device))
+                        probe = X[:2].to(self.device)
+                        self._detect_fused_attention(
+                            partial(self.forward, self.parameters_vector(), probe))
+                        out = self.forward(self.parameters_vector(), probe)
                     except RuntimeError as error:  # shapes or dtypes the model cannot take
-                        kind = TypeError if not X.is_floating_point() else ValueError
+                        kind = (ArgumentTypeError if not X.is_floating_point()
+                                else ArgumentValueError)
                         raise kind(
-                            f"the model cannot evaluate the inputs of shape {tuple(X.shape)} and "
-                            f"dtype {X.dtype} (batch {index}): {error}"
+                            f"the model cannot be evaluated on the inputs of shape "
+                            f"{tuple(X.shape)} and dtype {X.dtype} (batch {index}): {error}"
                         ) from error
                 check_targets(self.loss_name, out, Y[:2].to(self.device))
                 if not self.allow_train_mode:
-                    self._check_deterministic(X[:_PROBE_SAMPLES].to(self.device))
+                    check_deterministic(partial(self.forward, self.parameters_vector()),
+                                        X[:_PROBE_SAMPLES].to(self.device), self.dtype)
                 if self.loss_name == "ce" and not Y.is_floating_point():
                     classes = out.shape[1]
                 if self.loss_name not in ("mse", "ce"):
@@ -475,53 +510,25 @@ class Objective:
             raise ArgumentValueError(
                 "the data set is empty; an objective needs at least one sample")
         self._batch_sizes = tuple(sizes)
-        self._fingerprint = (
-            torch.stack(checksums).to(self.device)
-            if checksums
-            else torch.zeros(0, 2, _CHECKSUM_TERMS, dtype=torch.float64, device=self.device)
-        )
+        self._fingerprint = stack_checksums(checksums, self.device)
         return n
-
-    def _check_deterministic(self, X: torch.Tensor) -> None:
-        """Refuse a model whose outputs are random or depend on the batch they are computed in.
-
-        Module types cannot reveal everything: ``F.dropout(training=True)`` or ``nn.RReLU`` in
-        ``forward``, or eval-mode BatchNorm with ``track_running_stats=False`` (batch
-        statistics). So a few samples are evaluated twice, and once split in two halves.
-        """
-        theta = self.parameters_vector()
-        rtol = _DETERMINISM_RTOL.get(self.dtype, 3e-2)
-        with torch.no_grad():
-            first = self.forward(theta, X)
-            again = self.forward(theta, X)
-            half = X.shape[0] // 2
-            split = (torch.cat([self.forward(theta, X[:half]), self.forward(theta, X[half:])])
-                     if half else first)
-        scale = float(first.abs().max()) if first.numel() else 0.0
-
-        def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
-            return not torch.allclose(a, b, rtol=rtol, atol=rtol * scale)
-
-        if differ(first, again):
-            raise ArgumentValueError(
-                "the model gives different outputs for the same inputs and parameters (dropout "
-                "or RReLU active in forward, e.g. F.dropout(..., training=True)?), so losses "
-                "and curvature would be random; make forward deterministic, or pass "
-                "allow_train_mode=True to accept it"
-            )
-        if differ(first, split):
-            raise ArgumentValueError(
-                "the model's outputs depend on which samples share a batch (batch statistics, "
-                "e.g. BatchNorm or InstanceNorm with track_running_stats=False), so results "
-                "would depend on chunking; use running statistics, or pass "
-                "allow_train_mode=True to accept it"
-            )
 
     # -- evaluation -------------------------------------------------------------------------
     def forward(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """Model outputs ``f(X; θ)`` for a batch ``X``."""
         named = self.unflatten(theta)
-        return functional_call(self.model, {**self._fixed, **named}, (X,))
+        with self._attention_context():
+            return functional_call(self.model, {**self._fixed, **named}, (X,))
+
+    # Fused attention kernels have no double backward (see valleys._attention): a model that
+    # reaches one is evaluated with the math backend, inside valleys' own calls only.
+    _math_attention = False
+
+    def _detect_fused_attention(self, forward: Callable[[], object]) -> None:
+        self._math_attention = self._math_attention or needs_math_attention(forward)
+
+    def _attention_context(self) -> contextlib.AbstractContextManager[None]:
+        return math_attention() if self._math_attention else contextlib.nullcontext()
 
     def chunk_losses(self, theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Per-sample losses ``ℓ(f(x_i; θ), y_i)`` of one chunk, shape ``(batch,)``."""
@@ -530,6 +537,15 @@ class Objective:
     def sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of a single sample (no batch dimension), for ``vmap`` over samples."""
         return self.chunk_losses(theta, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    def sample_output(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Model output ``f(x; θ)`` of a single sample (no batch dimension), for ``vmap``.
+
+        The sample passes through the model as a batch of one, so ``vmap(jacrev(·))`` of it
+        gives per-sample Jacobians: in ``x`` the input Jacobians ``∇_x f(x_i; θ)``, in ``θ``
+        the parameter Jacobians ``∂f(x_i; θ)/∂θ``.
+        """
+        return self.forward(theta, x.unsqueeze(0))[0]
 
     def chunk_risk(self, theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """This chunk's share of ``L``: ``(1/n) Σ_{i in chunk} ℓ_i``; shares sum to ``L(θ)``."""
@@ -550,6 +566,8 @@ class Objective:
         for X, Y in self.chunks():
             part = fn(X, Y)
             total = part if total is None else total.add_(part)
+        if total is None:  # construction refuses data without samples
+            raise RuntimeError("the objective's data yielded no chunks")
         return self.reduce(total, inputs=inputs)
 
     def loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
@@ -622,198 +640,3 @@ class Objective:
             + ")"
         )
 
-
-def _check_indices(indices: object, n: int) -> torch.Tensor:
-    """Mini-batch indices: a non-empty 1-D integer tensor (or sequence) with values in [0, n)."""
-    try:
-        idx = torch.as_tensor(indices)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ArgumentTypeError(f"indices must be a 1-D integer tensor, got {indices!r}") from error
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-        raise ArgumentTypeError(f"indices must be integers (a long tensor), got dtype {idx.dtype}")
-    if idx.ndim != 1 or idx.numel() == 0:
-        raise ArgumentValueError(
-            f"indices must be a non-empty 1-D tensor (a mini-batch needs at least one "
-            f"index), got shape {tuple(idx.shape)}")
-    low, high = int(idx.min()), int(idx.max())
-    if low < 0 or high >= n:
-        raise ArgumentValueError(
-            f"indices must lie in [0, {n}) (the number of samples), got values in "
-            f"[{low}, {high}]; negative indices are not wrapped")
-    return idx.long()
-
-
-def _refuse_train_mode(model: nn.Module) -> None:
-    offenders = [
-        name or type(model).__name__
-        for name, m in model.named_modules()
-        if m.training and isinstance(m, _STOCHASTIC_IN_TRAIN)
-    ]
-    if offenders:
-        raise ArgumentValueError(
-            f"the model is in train mode with stochastic or batch-dependent modules "
-            f"({', '.join(offenders[:3])}{', ...' if len(offenders) > 3 else ''}), so curvature "
-            "operators would not be deterministic. Call model.eval() first (valleys never does it "
-            "for you), or pass allow_train_mode=True if you really want train-mode behaviour."
-        )
-
-
-def _select_parameters(named: dict[str, nn.Parameter], patterns: Sequence[str] | None) -> list:
-    if patterns is None:
-        names = [k for k, p in named.items() if p.requires_grad]
-        if not names:
-            raise ArgumentValueError("the model has no parameters with requires_grad=True")
-        return names
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    names = []
-    for pattern in patterns:
-        hits = [k for k in named if fnmatch.fnmatchcase(k, pattern)]
-        if not hits:
-            raise ArgumentValueError(
-                f"parameter pattern {pattern!r} matches none of the model's parameters "
-                f"{list(named)[:6]}{' ...' if len(named) > 6 else ''}"
-            )
-        names.extend(k for k in hits if k not in names)
-    return [k for k in named if k in names]  # keep the model's order
-
-
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
-
-
-def _probe(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A fixed random vector (same on every rank) whose products fingerprint flat vectors."""
-    gen = torch.Generator().manual_seed(20181203)
-    return torch.randn(dim, generator=gen, dtype=torch.float64).to(device, dtype)
-
-
-def _normalize_data(data) -> tuple[Batch | None, list | Iterable | None]:
-    if isinstance(data, tuple | list) and len(data) == 2 and all(
-        isinstance(t, torch.Tensor) for t in data
-    ):
-        return (data[0], data[1]), None
-    if isinstance(data, torch.Tensor):
-        raise ArgumentTypeError(
-            "data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches")
-    if isinstance(data, tuple | list) and len(data) == 2 and all(
-        type(t).__module__ == "numpy" for t in data
-    ):
-        raise ArgumentTypeError("data is a pair of NumPy arrays; convert them first, e.g. "
-                                "(torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y))")
-    if isinstance(data, Iterator):
-        raise ArgumentTypeError(
-            "data is a one-shot iterator (e.g. a generator); curvature solvers pass over the data "
-            "many times, so give a list of batches or a DataLoader instead"
-        )
-    if not isinstance(data, Iterable):
-        raise ArgumentTypeError(
-            f"data must be a pair (X, Y) of tensors or an iterable of (X, Y) batches, got "
-            f"{type(data).__name__}"
-        )
-    sampler = getattr(data, "sampler", None)
-    # A batch_sampler= given to a DataLoader hides its own sampler behind a sequential one.
-    inner = getattr(getattr(data, "batch_sampler", None), "sampler", None)
-    random_samplers = (torch.utils.data.RandomSampler, torch.utils.data.SubsetRandomSampler,
-                       torch.utils.data.WeightedRandomSampler)
-    if isinstance(sampler, random_samplers) or isinstance(inner, random_samplers):
-        kind = type(sampler if isinstance(sampler, random_samplers) else inner).__name__
-        raise ArgumentValueError(
-            f"the DataLoader draws its samples at random ({kind}, e.g. shuffle=True); the "
-            "objective must see the same data on every pass, so build it with shuffle=False "
-            "and a sequential sampler, or pass the data as tensors (X, Y)"
-        )
-    if getattr(data, "drop_last", False):
-        raise ArgumentValueError("the DataLoader has drop_last=True, which silently drops samples")
-    if isinstance(sampler, torch.utils.data.DistributedSampler) and (
-        sampler.drop_last or sampler.total_size != len(sampler.dataset)
-    ):
-        raise ArgumentValueError(
-            "the DataLoader's DistributedSampler pads or drops samples to give every rank the same "
-            f"number ({len(sampler.dataset)} samples, {sampler.total_size} after padding), "
-            "which would count some twice; give each rank a contiguous shard instead "
-            "(valleys.distributed.shard(X, Y) or a torch.utils.data.Subset)"
-        )
-    return None, _BatchIterable(data)
-
-
-# Per batch, these sums (float64) fingerprint the first pass: Σ rows of X, Σ rows of Y,
-# Σ rowX·rowY (the pairing of inputs with targets) and Σ position·rowX (the order of samples
-# within the batch, which per-sample quantities depend on). Positions count from the batch's
-# start, so the fingerprint does not depend on chunk_size. The first pass also keeps the sums
-# of absolute values, the scale of what rounding may change. Reading a chunk once more costs
-# far less than the forward pass it is fed to.
-_CHECKSUM_TERMS = 4
-_CHECKSUM_RTOL = 1e-9
-
-
-def _row_sums(t: torch.Tensor) -> torch.Tensor:
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    return t.reshape(t.shape[0], -1).sum(1, dtype=torch.float64)
-
-
-def _checksum(X: torch.Tensor, Y: torch.Tensor, start: int, scale: bool = False) -> torch.Tensor:
-    """The checksum terms of one chunk, ``(_CHECKSUM_TERMS,)``; with ``scale`` also their sums
-    of absolute values, ``(2, _CHECKSUM_TERMS)``."""
-    rx, ry = _row_sums(X), _row_sums(Y)
-    position = torch.arange(start + 1, start + 1 + X.shape[0], dtype=torch.float64,
-                            device=rx.device)
-    terms = torch.stack([rx, ry, rx * ry, position * rx])
-    return torch.stack([terms.sum(1), terms.abs().sum(1)]) if scale else terms.sum(1)
-
-
-def _first_mismatch(seen: torch.Tensor, reference: torch.Tensor) -> int | None:
-    """Index of the first batch whose checksums differ beyond rounding (NaN differs too)."""
-    if not reference.numel():
-        return None
-    tolerance = _CHECKSUM_RTOL * reference[:, 1]
-    agree = ((seen - reference[:, 0]).abs() <= tolerance).all(dim=1)
-    bad = torch.nonzero(~agree).flatten()
-    return int(bad[0]) if bad.numel() else None
-
-
-def _data_changed(index: int, what: str) -> ValueError:
-    return ValueError(
-        f"the data changed between passes: batch {index} {what}. The objective passes over "
-        "the data many times (every loss, gradient and curvature product) and each pass must "
-        "yield the same batches in the same order, or results are silently wrong. Turn off "
-        "shuffling and random augmentation (DataLoader(shuffle=False), no random sampler or "
-        "transforms), pass the data as tensors (X, Y), or materialize the batches once: "
-        "data = list(loader)"
-    )
-
-
-class _BatchIterable:
-    """Re-iterable view of a user's batches that checks each item is an (X, Y) pair."""
-
-    def __init__(self, batches: Iterable) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[Batch]:
-        for item in self.batches:
-            if not (isinstance(item, tuple | list) and len(item) == 2):
-                raise ArgumentTypeError(
-                    f"each batch must be a pair (X, Y) of tensors, got {type(item).__name__}"
-                )
-            yield item[0], item[1]
-
-
-def _check_batch(X: torch.Tensor, Y: torch.Tensor, dtype: torch.dtype) -> None:
-    if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
-        raise ArgumentTypeError("inputs and targets must be torch tensors")
-    if X.ndim == 0 or Y.ndim == 0 or X.shape[0] != Y.shape[0]:
-        raise ArgumentValueError(
-            f"inputs and targets must have the same number of samples along dim 0, got "
-            f"X{tuple(X.shape)} and Y{tuple(Y.shape)}"
-        )
-    if X.is_floating_point() and X.dtype != dtype:
-        raise ArgumentTypeError(
-            f"inputs are {X.dtype} but the model's parameters are {dtype}; convert one of them "
-            f"(X.to({dtype}) or model.to({X.dtype}))"
-        )
-    if Y.is_floating_point() and Y.dtype != dtype:
-        raise ArgumentTypeError(f"targets are {Y.dtype} but the model's parameters are {dtype}")
-    for name, t in (("inputs", X), ("targets", Y)):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ArgumentValueError(
-                f"the {name} contain NaN or infinite values; clean the data first")

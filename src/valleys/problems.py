@@ -32,6 +32,7 @@ from torch import nn
 
 from valleys import data as datasets
 from valleys._checks import available_device, writable_folder
+from valleys.distributed import shard
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.losses import resolve_loss
 from valleys.models import MLP
@@ -126,8 +127,6 @@ class Problem:
             raise ArgumentValueError(f"split must be 'train' or 'test', got {split!r}")
         data = getattr(self.data, split)
         if distributed:
-            from valleys.distributed import shard
-
             data = shard(*data)
         return Objective(
             self.model, self.loss, data, chunk_size=chunk_size, distributed=distributed

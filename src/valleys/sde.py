@@ -34,7 +34,6 @@ SDEs driven by stable Lévy processes", Stoch. Proc. Appl. 116, 2006): as ``ε �
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any
 
 import torch
 
+from valleys._checks import is_real
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.noise._stable import isotropic_stable, stable_rvs
@@ -78,7 +78,7 @@ class DoubleWell:
     def __post_init__(self) -> None:
         for name in ("width_left", "depth_left", "width_right", "depth_right"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value > 0:
+            if not is_real(value) or not value > 0:
                 raise ArgumentValueError(
                     f"DoubleWell.{name} must be a positive number, got {value!r}")
         if any(k <= 0 for k in self.stiffness):
@@ -126,7 +126,7 @@ class DoubleWell:
 
 def levy_constant(alpha: float) -> float:
     """``c_α = Γ(1+α) sin(πα/2)/π``: the Lévy measure of ``S_α(1,0,0)`` is ``c_α|y|^{−1−α}dy``."""
-    if (isinstance(alpha, bool) or not isinstance(alpha, numbers.Real)
+    if (isinstance(alpha, bool) or not is_real(alpha)
             or not 0 < alpha <= 2):
         raise ArgumentValueError(f"the stability index α must lie in (0, 2], got {alpha!r}")
     return math.gamma(1.0 + alpha) * math.sin(math.pi * alpha / 2.0) / math.pi
@@ -134,13 +134,13 @@ def levy_constant(alpha: float) -> float:
 
 def levy_exit_time(alpha: float, epsilon: float, distances: tuple[float, float]) -> float:
     """Small-noise mean exit time ``1/(ε^α m(W))``, ``m(W) = (c_α/α) Σ d^{−α}`` (α < 2)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 2:
+    if isinstance(alpha, bool) or not is_real(alpha) or not 0 < alpha < 2:
         raise ArgumentValueError(f"the Lévy exit-time law needs 0 < α < 2, got {alpha!r}")
-    if (isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real)
+    if (isinstance(epsilon, bool) or not is_real(epsilon)
             or not (math.isfinite(epsilon) and epsilon > 0)):
         raise ArgumentValueError(f"epsilon (the noise scale) must be a positive finite number, got "
                                  f"{epsilon!r}")
-    if not all(isinstance(d, numbers.Real) and not isinstance(d, bool)
+    if not all(is_real(d) and not isinstance(d, bool)
                and math.isfinite(d) and d > 0 for d in distances):
         raise ArgumentValueError(
             f"distances must be the positive finite distances from the minimum to "
@@ -225,11 +225,11 @@ class _Noise:
 
 
 def _check_common(alpha, epsilon, dt) -> None:
-    if not isinstance(alpha, numbers.Real) or not 0 < alpha <= 2:
+    if not is_real(alpha) or not 0 < alpha <= 2:
         raise ArgumentValueError(f"alpha must lie in (0, 2], got {alpha!r}")
-    if not isinstance(epsilon, numbers.Real) or epsilon < 0:
+    if not is_real(epsilon) or epsilon < 0:
         raise ArgumentValueError(f"epsilon must be a non-negative number, got {epsilon!r}")
-    if not isinstance(dt, numbers.Real) or not dt > 0:
+    if not is_real(dt) or not dt > 0:
         raise ArgumentValueError(f"dt must be a positive number, got {dt!r}")
 
 
@@ -340,7 +340,8 @@ class ExitTimes:
             equal to the plain mean when every path exits.
         stderr: its standard error ``mean/√exits``.
         exited: number of paths that left; ``horizon``: simulated time.
-        alpha, epsilon, dt, seed, kind (``"sgd"`` or ``"adam"``), wall_time.
+        alpha: the tail index, with ``epsilon``, ``dt``, ``seed``, ``kind`` (``"sgd"`` or
+            ``"adam"``) and ``wall_time`` as in the call.
     """
 
     times: torch.Tensor

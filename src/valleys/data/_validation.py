@@ -7,12 +7,12 @@ argument; :func:`_split_sizes` turns a test fraction into train/test sizes.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from typing import Any
 
 import torch
 
+from valleys._checks import is_integral, is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 Device = torch.device | str | None
@@ -21,7 +21,7 @@ PathLike = str | os.PathLike
 
 def _check_int(value: Any, name: str, *, minimum: int = 1) -> int:
     # bool is an Integral; reject it because `n_train=True` is certainly a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not is_integral(value):
         raise ArgumentTypeError(
             f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
@@ -34,7 +34,7 @@ def _check_seed(seed: Any) -> int:
 
 
 def _check_real(value: Any, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not is_real(value):
         raise ArgumentTypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):

@@ -54,6 +54,7 @@ def load_digits(
         A :class:`Dataset` named ``"digits"`` with ``num_classes=10``; with the default
         ``test_fraction`` it has 1438 training and 359 test samples.
     """
+    # Deferred: importing sklearn.datasets takes ~0.7 s, which `import valleys` should not pay.
     from sklearn.datasets import load_digits as _sk_load_digits
 
     seed = _check_seed(seed)

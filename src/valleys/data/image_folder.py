@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
+from valleys._checks import is_integral
 from valleys.data._validation import (
     Device,
     PathLike,
@@ -41,7 +42,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 def _check_size(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+    if is_integral(size) and not isinstance(size, bool):
         size = (size, size)
     if not isinstance(size, Sequence) or len(size) != 2:
         raise ArgumentValueError(f"size must be None, an int or a pair (H, W), got {size!r}")
@@ -91,8 +92,6 @@ def load_image_folder(
         ValueError: if there are no class directories, a class has no images, images differ
             in size (without ``size``), or an image cannot be decoded or is not 8-bit.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")

@@ -6,11 +6,12 @@ offending split; torch datasets and data loaders are materialized into tensors f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from valleys.data._validation import Device, _check_float_dtype, _check_int
 from valleys.data.dataset import Dataset, _move
@@ -189,12 +190,19 @@ def _as_pair(item: Any, index: int, kind: str) -> tuple[Any, Any]:
     return item[0], item[1]
 
 
+def _tensor_pairs(
+    items: Iterable[Any], kind: str
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(index, x, y)`` for each ``(x, y)`` item or batch, converted to tensors."""
+    for i, item in enumerate(items):
+        x, y = _as_pair(item, i, kind)
+        yield i, _as_tensor(x, "x", i), _as_tensor(y, "y", i)
+
+
 def _stack_items(items: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
-    for i, item in enumerate(items):
-        x, y = _as_pair(item, i, "item")
-        x, y = _as_tensor(x, "x", i), _as_tensor(y, "y", i)
+    for i, x, y in _tensor_pairs(items, "item"):
         if xs and (x.shape != xs[0].shape or y.shape != ys[0].shape):
             raise ArgumentValueError(
                 f"item {i} has shapes x{tuple(x.shape)}, y{tuple(y.shape)} but item 0 has "
@@ -211,9 +219,7 @@ def _stack_items(items: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
 def _cat_batches(loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
-    for i, batch in enumerate(loader):
-        x, y = _as_pair(batch, i, "batch")
-        x, y = _as_tensor(x, "x", i), _as_tensor(y, "y", i)
+    for i, x, y in _tensor_pairs(loader, "batch"):
         if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
             raise ArgumentValueError(
                 f"batch {i}: x{tuple(x.shape)} and y{tuple(y.shape)} do not share a batch "
@@ -232,8 +238,6 @@ def _cat_batches(loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _materialize(source: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    from torch.utils.data import DataLoader, TensorDataset
-
     if isinstance(source, DataLoader):
         if source.batch_size is None and source.batch_sampler is None:
             # Automatic batching disabled: the loader yields single items.

@@ -40,14 +40,15 @@ thinning, so memory stays bounded even for runs stopped by a time budget.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from valleys._checks import is_integral, is_real, positive_real
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.games.spaces import Space, resolve_space
@@ -104,6 +105,7 @@ class GameResult:
             else empty. Not included in :meth:`to_dict`.
     """
 
+    # The state fields repeat GameState's on purpose: a flat record, positional order kept.
     x: torch.Tensor
     y: torch.Tensor
     x_weights: torch.Tensor | None
@@ -134,13 +136,6 @@ class GameResult:
 # ------------------------------------------------------------------------------------------------
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
-            or not math.isfinite(value):
-        raise ArgumentValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _check_weights(w: torch.Tensor | None, n: int, like: torch.Tensor, who: str):
     if w is None:
         return None
@@ -162,13 +157,13 @@ def _validate(payoff, x0, y0, method, temperature, steps, lr, seed, options):
     unknown = set(options) - _OPTIONS
     if unknown:
         raise ArgumentTypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+    if isinstance(temperature, bool) or not is_real(temperature) \
             or not temperature >= 0 or not math.isfinite(temperature):
         raise ArgumentValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+    if isinstance(steps, bool) or not is_integral(steps) or steps < 1:
         raise ArgumentValueError(f"steps must be an integer >= 1, got {steps!r}")
-    _positive("lr", lr)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    positive_real(lr, "lr")
+    if isinstance(seed, bool) or not is_integral(seed):
         raise ArgumentTypeError(f"seed must be an int, got {seed!r}")
     x_space = resolve_space(options.get("x_space", "euclidean"))
     y_space = resolve_space(options.get("y_space", "euclidean"))
@@ -278,12 +273,13 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
     """
     x_space, y_space = _validate(payoff, x0, y0, method, temperature, steps, lr, seed, options)
     steps, seed, temperature = int(steps), int(seed), float(temperature)
-    lr_y = _positive("lr_y", options["lr_y"]) if options.get("lr_y") is not None else float(lr)
+    lr_y = (positive_real(options["lr_y"], "lr_y") if options.get("lr_y") is not None
+            else float(lr))
     inner_steps = 10 if options.get("inner_steps") is None else options["inner_steps"]
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
         raise ArgumentValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
-    inner_lr = (_positive("inner_lr", options["inner_lr"]) if options.get("inner_lr") is not None
-                else float(lr))
+    inner_lr = (positive_real(options["inner_lr"], "inner_lr")
+                if options.get("inner_lr") is not None else float(lr))
     slow = options.get("slow") or "x"
     if slow not in ("x", "y"):
         raise ArgumentValueError(f"slow must be 'x' or 'y', got {slow!r}")
@@ -298,7 +294,7 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
         raise ArgumentValueError(f"record_every must be an integer >= 1, got {record_every!r}")
     time_budget = options.get("time_budget")
     if time_budget is not None:
-        _positive("time_budget", time_budget)
+        positive_real(time_budget, "time_budget")
     snapshot_every = options.get("snapshot_every")
     if snapshot_every is not None and (isinstance(snapshot_every, bool)
                                        or not isinstance(snapshot_every, int)
@@ -373,8 +369,6 @@ def solve(payoff: Payoff, x0: torch.Tensor, y0: torch.Tensor, method: str, *,
     snapshot(0)
     bar = None
     if options.get("progress"):
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=steps, desc=f"games:{method}", leave=False)
     done = 0
     for k in range(1, steps + 1):

@@ -297,7 +297,7 @@ def fourier_amplitude(x: torch.Tensor, weights: torch.Tensor | None = None, *,
 def wasserstein2(x: torch.Tensor, target: torch.Tensor, x_weights: torch.Tensor | None = None,
                  target_weights: torch.Tensor | None = None) -> float:
     """Exact W2 between two weighted point clouds (POT's network simplex, ``ot.emd2``)."""
-    import ot
+    import ot  # deferred: POT takes ~0.3-1 s to import, too much for `import valleys`
 
     a = _weights(x_weights, x.shape[0], x).detach().cpu().double().numpy()
     b = _weights(target_weights, target.shape[0], target).detach().cpu().double().numpy()

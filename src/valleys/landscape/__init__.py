@@ -6,8 +6,12 @@
   directions (Li et al. 2018);
 * :mod:`~valleys.landscape.growth`: the growth exponent ``p`` of ``ΔL ∝ |t|^p`` and its local
   profile over scales (Ma, Kunin, Wu & Ying 2022);
+* :mod:`~valleys.landscape.epsilon_sharpness`: the sharpness measures of the flat-minima
+  literature (SAM's ε-sharpness, ASAM, m-sharpness, Keskar's box) as certified brackets;
 * :mod:`~valleys.landscape.toys`: sub-quadratic 1-D and 2-D valleys with closed-form
-  edge-of-stability behaviour.
+  edge-of-stability behaviour;
+* :mod:`~valleys.landscape.trajectory`: a training trajectory on the plane of its first two
+  principal directions, with the loss contours (Li et al. 2018).
 """
 
 from valleys.landscape.directions import (
@@ -17,6 +21,13 @@ from valleys.landscape.directions import (
     orthogonalize,
     random_direction,
     top_eigen_directions,
+)
+from valleys.landscape.epsilon_sharpness import (
+    EpsilonSharpness,
+    adaptive_sharpness,
+    box_sharpness,
+    m_sharpness,
+    sam_sharpness,
 )
 from valleys.landscape.evaluate import (
     METHODS,
@@ -31,17 +42,26 @@ from valleys.landscape.evaluate import (
 )
 from valleys.landscape.growth import GrowthProfile, growth_exponent, growth_profile
 from valleys.landscape.toys import SqrtLoss, SqrtValley
+from valleys.landscape.trajectory import (
+    TrajectoryPlane,
+    plot_trajectory_plane,
+    trajectory_plane,
+)
 
 __all__ = [
     "BIAS_BN",
     "METHODS",
     "NORMALIZATIONS",
+    "EpsilonSharpness",
     "GrowthProfile",
     "LineScan",
     "PlaneScan",
     "SqrtLoss",
     "SqrtValley",
+    "TrajectoryPlane",
+    "adaptive_sharpness",
     "batched_loss",
+    "box_sharpness",
     "grid_timing",
     "growth_exponent",
     "growth_profile",
@@ -49,8 +69,12 @@ __all__ = [
     "loop_loss",
     "loss_along_line",
     "loss_on_plane",
+    "m_sharpness",
     "normalize_direction",
     "orthogonalize",
+    "plot_trajectory_plane",
     "random_direction",
+    "sam_sharpness",
     "top_eigen_directions",
+    "trajectory_plane",
 ]

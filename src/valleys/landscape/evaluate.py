@@ -12,7 +12,6 @@ modified, and its mode (train/eval) is whatever the user set.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch.func import vmap
 
+from valleys._checks import integer
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
@@ -86,12 +86,6 @@ class PlaneScan:
         return record_to_dict(self)
 
 
-def _check_points_per_chunk(value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ArgumentValueError(f"points_per_chunk must be a positive integer, got {value!r}")
-    return int(value)
-
-
 METHODS = ("vmap", "loop")
 
 
@@ -131,7 +125,7 @@ def batched_loss(
     if thetas.dtype != objective.dtype:
         raise ArgumentTypeError(
             f"thetas have dtype {thetas.dtype}, the model uses {objective.dtype}")
-    step = _check_points_per_chunk(points_per_chunk)
+    step = integer(points_per_chunk, "points_per_chunk", minimum=1)
     if method not in METHODS:
         raise ArgumentValueError(f"method must be one of {METHODS}, got {method!r}")
     thetas = thetas.to(objective.device)
@@ -244,7 +238,7 @@ def loss_on_plane(
     ca = A.reshape(-1).to(device=objective.device, dtype=objective.dtype)
     cb = B.reshape(-1).to(device=objective.device, dtype=objective.dtype)
     losses = torch.empty(ca.numel(), dtype=objective.dtype, device=objective.device)
-    step = _check_points_per_chunk(points_per_chunk)
+    step = integer(points_per_chunk, "points_per_chunk", minimum=1)
     # Build the points chunk by chunk: the full (A·B, dim) stack may not fit in memory.
     for start in range(0, ca.numel(), step):
         sl = slice(start, start + step)

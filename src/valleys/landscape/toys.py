@@ -1,8 +1,8 @@
 r"""Toy landscapes with exact answers: sub-quadratic growth and the edge of stability.
 
 These are the mechanism of Ma, Kunin, Wu & Ying (2022, arXiv 2204.11326) in closed form; the
-explicit functions are constructed here (the paper's own toy functions were not available),
-see ``shared/reference/implicit-bias.md``, paper 4.
+explicit functions are constructed here (the paper's own toy functions were not available to
+us).
 
 **1-D.** ``f(x) = κ (sqrt(1 + x²) − 1)`` has curvature ``f''(0) = κ`` at its minimum and grows
 like ``κ x²/2`` for ``|x| ≪ 1`` but only like ``κ|x|`` for ``|x| ≫ 1``; its local growth
@@ -36,16 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from valleys._checks import positive_real
 from valleys.errors import ArgumentValueError
 
 __all__ = ["SqrtLoss", "SqrtValley"]
-
-
-def _positive(value: object, name: str) -> float:
-    if not (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0):
-        raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _steps(value: object) -> int:
@@ -61,7 +55,7 @@ class SqrtLoss:
     curvature: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive(self.curvature, "curvature")
+        positive_real(self.curvature, "curvature")
 
     def value(self, x):
         """``f(x)``, written as ``κ x² / (sqrt(1 + x²) + 1)`` (no cancellation at small x)."""
@@ -86,12 +80,12 @@ class SqrtLoss:
 
     def two_cycle_amplitude(self, lr: float) -> float:
         """``x* = sqrt((ηκ/2)² − 1)`` for ``ηκ > 2``; ``0.0`` (GD converges) for ``ηκ <= 2``."""
-        r = _positive(lr, "lr") * self.curvature / 2.0
+        r = positive_real(lr, "lr") * self.curvature / 2.0
         return math.sqrt(r * r - 1.0) if r > 1.0 else 0.0
 
     def two_cycle_multiplier(self, lr: float) -> float:
         """Derivative of the two-step GD map at the cycle, ``(1 − 8/(ηκ)²)²`` (``< 1``: stable)."""
-        r = _positive(lr, "lr") * self.curvature
+        r = positive_real(lr, "lr") * self.curvature
         if r <= 2.0:
             raise ArgumentValueError(
                 f"no 2-cycle for lr·curvature = {r:g} <= 2 (GD converges to 0)")
@@ -99,7 +93,7 @@ class SqrtLoss:
 
     def gd(self, x0: float, lr: float, steps: int) -> np.ndarray:
         """The GD trajectory ``x_0, …, x_steps`` (float64)."""
-        lr, steps = _positive(lr, "lr"), _steps(steps)
+        lr, steps = positive_real(lr, "lr"), _steps(steps)
         xs = np.empty(steps + 1)
         xs[0] = x = float(x0)
         for k in range(steps):
@@ -116,8 +110,8 @@ class SqrtValley:
     eps: float = 0.05
 
     def __post_init__(self) -> None:
-        _positive(self.c0, "c0")
-        _positive(self.eps, "eps")
+        positive_real(self.c0, "c0")
+        positive_real(self.eps, "eps")
 
     def floor_sharpness(self, y):
         """``c(y) = c₀ exp(ε y)``, the top Hessian eigenvalue at the floor point ``(0, y)``."""
@@ -125,7 +119,7 @@ class SqrtValley:
 
     def y_for_sharpness(self, c: float) -> float:
         """The ``y`` whose floor sharpness is ``c``."""
-        return math.log(_positive(c, "c") / self.c0) / self.eps
+        return math.log(positive_real(c, "c") / self.c0) / self.eps
 
     def value(self, x, y):
         x = np.asarray(x, dtype=np.float64)
@@ -148,7 +142,7 @@ class SqrtValley:
 
     def gd(self, x0: float, y0: float, lr: float, steps: int) -> np.ndarray:
         """The GD trajectory as an ``(steps + 1, 2)`` array of ``(x, y)``."""
-        lr, steps = _positive(lr, "lr"), _steps(steps)
+        lr, steps = positive_real(lr, "lr"), _steps(steps)
         out = np.empty((steps + 1, 2))
         x, y = float(x0), float(y0)
         out[0] = x, y

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from typing import Any
 
 import torch
 
+from valleys._checks import is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
-from valleys.linalg._lanczos import _check_count, _check_operator, _check_seed, _generator, _Lanczos
+from valleys.linalg._certify import _check_count, _check_operator, _check_seed, _generator
+from valleys.linalg._krylov import _Lanczos
 from valleys.linalg._results import SpectralDensity
 from valleys.linalg._trace import _probes
 from valleys.operators._base import LinearOperator
@@ -82,7 +83,7 @@ def spectral_density(
     num_probes = _check_count(num_probes, "num_probes", 1)
     m = min(_check_count(lanczos_steps, "lanczos_steps", 1), op.size)
     if sigma is not None and (
-        not isinstance(sigma, numbers.Real) or isinstance(sigma, bool)
+        not is_real(sigma) or isinstance(sigma, bool)
         or not math.isfinite(sigma) or sigma <= 0
     ):
         raise ArgumentValueError(f"sigma must be a positive finite number or None, got {sigma!r}")

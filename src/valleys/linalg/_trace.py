@@ -8,13 +8,15 @@ import time
 import torch
 
 from valleys.errors import ArgumentTypeError, ArgumentValueError
-from valleys.linalg._lanczos import _check_count, _check_seed, _generator
+from valleys.linalg._certify import _check_choice, _check_count, _check_seed, _generator
 from valleys.linalg._results import TraceResult
 from valleys.operators._base import LinearOperator
 
-__all__ = ["trace"]
+__all__ = ["TRACE_METHODS", "TRACE_MIN_MATVECS", "trace"]
 
-_METHODS = ("hutch++", "hutchinson", "exact")
+#: The trace estimators, and the fewest matvecs each random one needs (``exact`` uses ``p``).
+TRACE_METHODS = ("hutch++", "hutchinson", "exact")
+TRACE_MIN_MATVECS: dict[str, int] = {"hutch++": 3, "hutchinson": 2}
 _DISTRIBUTIONS = ("rademacher", "gaussian")
 _BLOCK = 64  # columns per matmat: bounds the memory of a block at 64 p-vectors
 _MAX_EXACT = 20_000
@@ -74,7 +76,7 @@ def trace(
 ) -> TraceResult:
     """Estimate ``tr(A)`` of a square operator from matvecs.
 
-    Methods:
+    The methods:
         ``"hutchinson"``: ``mean_i z_iᵀ A z_i`` over ``num_matvecs`` random probes with
         ``E[z zᵀ] = I`` (M. F. Hutchinson, "A stochastic estimator of the trace of the influence
         matrix for Laplacian smoothing splines", 1989). Error ``O(‖A‖_F / sqrt(m))``; ``stderr``
@@ -110,11 +112,8 @@ def trace(
             f"trace needs a valleys LinearOperator with a real floating dtype, got {op!r}; wrap "
             "a matrix in valleys.operators.DenseOperator or a function in LambdaOperator"
         )
-    if method not in _METHODS:
-        raise ArgumentValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if distribution not in _DISTRIBUTIONS:
-        raise ArgumentValueError(
-            f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
+    method = _check_choice(method, TRACE_METHODS, "method")
+    distribution = _check_choice(distribution, _DISTRIBUTIONS, "distribution")
     _check_seed(seed)
     seed = None if seed is None else int(seed)
     p = op.size
@@ -135,11 +134,11 @@ def trace(
 
     gen = _generator(op.device, seed)
     if method == "hutchinson":
-        m = _check_count(num_matvecs, "num_matvecs (hutchinson)", 2)
+        m = _check_count(num_matvecs, "num_matvecs (hutchinson)", TRACE_MIN_MATVECS["hutchinson"])
         value, stderr = _mean_stderr(_quadratic_forms(op, m, distribution, gen, None))
         return TraceResult(value, stderr, m, method, seed, m, time.perf_counter() - t0)
 
-    m = _check_count(num_matvecs, "num_matvecs (hutch++)", 3)
+    m = _check_count(num_matvecs, "num_matvecs (hutch++)", TRACE_MIN_MATVECS["hutch++"])
     n_sketch = m // 3
     n_hutch = m - 2 * n_sketch
     # Q = qr(A S): an orthonormal basis of A's dominant range (reduced QR; if n_sketch > p it

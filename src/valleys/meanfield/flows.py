@@ -118,7 +118,7 @@ def wasserstein_step(measure: ParticleMeasure, field: Field,
     Returns the new measure and the field value at the old one (its ``risk`` is ``R`` before
     the step).
     """
-    _check_lr(lr)
+    positive_real(lr, "lr")
     value = _evaluate(measure, field)
     return measure.with_positions(measure.positions - lr * value.velocity), value
 
@@ -126,7 +126,7 @@ def wasserstein_step(measure: ParticleMeasure, field: Field,
 def langevin_step(measure: ParticleMeasure, field: Field, lr: float, temperature: float,
                   generator: torch.Generator | None = None) -> tuple[ParticleMeasure, FieldValue]:
     """One Euler–Maruyama step ``x_j ← x_j − η ∇_x δR/δρ(x_j) + sqrt(2ητ) ξ_j``."""
-    _check_lr(lr)
+    positive_real(lr, "lr")
     if temperature < 0:
         raise ArgumentValueError(f"temperature must be >= 0, got {temperature}")
     value = _evaluate(measure, field)
@@ -145,7 +145,7 @@ def wfr_step(measure: ParticleMeasure, field: Field, lr: float, *, reaction_rate
     field at the old measure). To first order in ``η`` the weights follow
     ``dp_j/dt = −γ p_j (g_j − ḡ)``, the Fisher–Rao gradient flow restricted to probabilities.
     """
-    _check_lr(lr)
+    positive_real(lr, "lr")
     if reaction_rate < 0 or transport_rate < 0:
         raise ArgumentValueError("reaction_rate and transport_rate must be >= 0")
     value = _evaluate(measure, field)
@@ -160,10 +160,6 @@ def wfr_step(measure: ParticleMeasure, field: Field, lr: float, *, reaction_rate
         raise FloatingPointError("WFR weights became non-finite (the flow diverged)")
     moved = measure.positions - lr * transport_rate * value.velocity
     return ParticleMeasure(moved, weights), value
-
-
-def _check_lr(lr: float) -> None:
-    positive_real(lr, "lr")
 
 
 def knn_entropy(measure: ParticleMeasure, *, chunk_size: int = 2048) -> float:
@@ -267,7 +263,7 @@ def simulate(
         raise ArgumentValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if steps < 0 or record_every < 1 or (snapshot_every is not None and snapshot_every < 1):
         raise ArgumentValueError("steps must be >= 0 and record_every, snapshot_every >= 1")
-    _check_lr(lr)
+    positive_real(lr, "lr")
     if method == "langevin" and generator is None:
         generator = torch.Generator(device=measure.positions.device)
         generator.manual_seed(0 if seed is None else seed)

@@ -199,7 +199,7 @@ def wasserstein(mu: ParticleMeasure, nu: ParticleMeasure, p: float = 2.0, *,
     (``ot.emd2``; cost ``O(n³)``, meant for up to a few thousand particles). In one dimension
     the sorted-quantile formula is used instead (``ot.wasserstein_1d``, ``O(n log n)``).
     """
-    import ot
+    import ot  # deferred: POT takes ~0.3-1 s to import, too much for `import valleys`
 
     _check_pair(mu, nu)
     if p < 1:
@@ -224,7 +224,7 @@ def sinkhorn(mu: ParticleMeasure, nu: ParticleMeasure, reg: float, *, p: float =
     ``S_ε = OT_ε(μ,ν) − ½ OT_ε(μ,μ) − ½ OT_ε(ν,ν)`` (Genevay et al. 2018; Feydy et al. 2019),
     which vanishes for ``μ = ν``. ``reg`` is ``ε`` in the units of the cost.
     """
-    import ot
+    import ot  # deferred: POT takes ~0.3-1 s to import, too much for `import valleys`
 
     _check_pair(mu, nu)
     if not reg > 0:

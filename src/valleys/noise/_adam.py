@@ -20,10 +20,9 @@ optimizer's state when it is not available.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
+from valleys._checks import is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.noise._minibatch import noise_factor
 from valleys.objective import Objective
@@ -39,7 +38,7 @@ __all__ = [
 
 def averaging_factor(beta1: float) -> float:
     """``(1−β₁)/(1+β₁)``: the variance left by Adam's EMA of i.i.d. noise."""
-    if (isinstance(beta1, bool) or not isinstance(beta1, numbers.Real)
+    if (isinstance(beta1, bool) or not is_real(beta1)
             or not 0.0 <= beta1 < 1.0):
         raise ArgumentValueError(f"beta1 must lie in [0, 1), got {beta1!r}")
     return (1.0 - beta1) / (1.0 + beta1)

@@ -15,7 +15,7 @@ backward pass per batch (``benchmarks/bench_noise.py`` measures the difference):
   applies): a layer's per-sample gradient is ``(δ_i a_iᵀ, δ_i)``, ``δ_i = ∂ℓ_i/∂z_i``, so
   ``g_b = (1/B) Σ_{i∈b} (δ_i a_iᵀ, δ_i)`` is one batched matrix product ``Δ_bᵀ A_b`` per layer
   over the gathered rows of the recorded ``A`` and ``Δ`` (one forward and backward pass over the
-  data, :mod:`valleys._linear_layers`). Per-sample gradients are never formed.
+  data, :mod:`valleys._layer_factors`). Per-sample gradients are never formed.
 * ``method="per-sample"`` (any model): each data chunk's per-sample gradients ``G_c``
   (``vmap(grad)``) are combined into all batches by one sparse product ``W_c G_c``, ``W`` the
   ``(batches × n)`` matrix of sample weights ``(count in batch)/B``.
@@ -28,21 +28,19 @@ eigenspaces (1: the same subspace; ``k/p`` on average for random subspaces).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from valleys._checks import integer, seed_value
-from valleys._linear_layers import (
-    Unsupported,
+from valleys._checks import integer, is_integral, seed_value
+from valleys._layer_factors import (
     check_factored_gradient,
     factored_gradient,
+    factors,
     forward_with_shifts,
-    linear_layers,
-    parameter_names,
+    try_factored,
 )
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
@@ -66,7 +64,7 @@ __all__ = [
 def noise_factor(n: int, batch_size: int, *, replacement: bool = False) -> float:
     """``Cov(g_b) = factor · C``: ``(n−B)/(B(n−1))`` without replacement, ``1/B`` with."""
     n = integer(n, "n", minimum=2)
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+    if (isinstance(batch_size, bool) or not is_integral(batch_size)
             or batch_size < 1 or (not replacement and batch_size > n)):
         raise ArgumentValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
     batch_size = int(batch_size)
@@ -151,18 +149,11 @@ def minibatch_gradients(
     theta = objective.resolve_theta(theta)
     both = None
     if method != "per-sample":
-        layers = linear_layers(objective)
-        if isinstance(layers, str):
-            if method == "linear-layers":
-                raise ArgumentValueError(f"method='linear-layers' does not apply: {layers}; use "
-                                         "method='per-sample' (any model)")
-        else:
-            try:
-                both = _linear_layers_gradients(objective, theta, layers, indices)
-            except Unsupported as error:
-                if method == "linear-layers":
-                    raise ArgumentValueError(f"method='linear-layers' does not apply: {error}; use "
-                                             "method='per-sample' (any model)") from error
+        both, reason = try_factored(
+            objective, lambda layers: _linear_layers_gradients(objective, theta, layers, indices))
+        if reason is not None and method == "linear-layers":
+            raise ArgumentValueError(f"method='linear-layers' does not apply: {reason}; use "
+                                     "method='per-sample' (any model)")
     if both is None:
         both = _per_sample_gradients(objective, theta, indices)
     # One (num_batches + 1, p) tensor, the last row Σ_i g_i: one all-reduce, and no copy.
@@ -214,9 +205,9 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
     for X, Y in objective.chunks():
         out, acts, shifts = forward_with_shifts(objective, theta, layers, X)
         grads = torch.autograd.grad(objective.loss_fn(out, Y).sum(), shifts, allow_unused=True)
-        for j, (a, d, shift) in enumerate(zip(acts, grads, shifts, strict=True)):
+        for j, (a, d) in enumerate(zip(*factors(layers, acts, grads), strict=True)):
             inputs[j].append(a)
-            deltas[j].append(torch.zeros_like(shift) if d is None else d)  # unused layer
+            deltas[j].append(d)  # zeros for a layer whose output does not reach the loss
     A = [torch.cat(a) for a in inputs]
     D = [torch.cat(d) for d in deltas]
     num_batches, B = indices.shape
@@ -228,23 +219,19 @@ def _linear_layers_gradients(objective: Objective, theta: torch.Tensor, layers, 
     both = torch.empty((num_batches + 1, objective.dim), dtype=objective.dtype,
                        device=objective.device)
     grads, mean = both[:-1], both[-1]
-    names = parameter_names(objective, layers)
     block = max(1, _BLOCK_ELEMENTS // objective.dim)
     for start in range(0, num_batches, block):
         rows = local[start : start + block]
-        views = dict(zip(objective.names,
-                         torch.split(grads[start : start + block], objective.numels, dim=1),
-                         strict=True))
-        for m, a, d, (weight_name, bias_name) in zip(layers, A, D, names, strict=True):
+        views = layers.views(grads[start : start + block])
+        for a, d, view in zip(A, D, views, strict=True):
             dw = d[rows]                                               # (blk, B, out)
             if weight is not None:
                 dw = dw * weight[start : start + block]
-            views[weight_name].view(-1, *m.weight.shape).copy_(
-                torch.bmm(dw.transpose(1, 2), a[rows]))
-            if bias_name is not None:
-                views[bias_name].copy_(dw.sum(1))
+            view["weight"].copy_(torch.bmm(dw.transpose(1, 2), a[rows]))
+            if "bias" in view:
+                view["bias"].copy_(dw.sum(1))
     grads /= B
-    mean.copy_(factored_gradient(objective, layers, A, D))
+    mean.copy_(factored_gradient(layers, A, D))
     return both
 
 
@@ -337,7 +324,7 @@ class NoiseStatistics:
     """Spectral summary of the mini-batch noise covariance ``Σ_B = c·C`` at θ.
 
     Attributes:
-        n, batch_size, replacement, factor (``c``).
+        n: samples; ``batch_size``, ``replacement`` and ``factor`` (``c``) as in the call.
         top_eigenvalues: ``(k,)`` largest eigenvalues of ``Σ_B``, descending.
         trace: ``tr Σ_B``; frobenius: ``‖Σ_B‖_F``; effective_rank: ``tr Σ_B / λ_max``.
         alignment: ``tr(Σ_B H)/(‖Σ_B‖_F‖H‖_F)`` (``None`` unless ``hessian=True``).
@@ -345,7 +332,7 @@ class NoiseStatistics:
         hessian_top: ``(k,)`` top Hessian eigenvalues (``None`` likewise).
         method: ``"gram"`` (exact, from the ``n × n`` Gram matrix of per-sample deviations) or
             ``"lanczos"`` (matrix-free; see :func:`noise_statistics`).
-        wall_time.
+        wall_time: seconds spent.
     """
 
     n: int

@@ -22,29 +22,29 @@ standard symmetric α-stable variable.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
+from valleys._checks import is_integral, is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = ["isotropic_stable", "stable_rvs"]
 
 
 def _check_alpha(alpha: float, *, low: float = 0.0) -> float:
-    if not isinstance(alpha, numbers.Real) or not low < float(alpha) <= 2.0:
+    if not is_real(alpha) or not low < float(alpha) <= 2.0:
         raise ArgumentValueError(f"the stability index α must lie in ({low:g}, 2], got {alpha!r}")
     return float(alpha)
 
 
 def _check_beta(beta: float) -> float:
-    if not isinstance(beta, numbers.Real) or not -1.0 <= float(beta) <= 1.0:
+    if not is_real(beta) or not -1.0 <= float(beta) <= 1.0:
         raise ArgumentValueError(f"the skewness β must lie in [−1, 1], got {beta!r}")
     return float(beta)
 
 
 def _size(shape: int | tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(shape, numbers.Integral):
+    if is_integral(shape):
         shape = (int(shape),)
     shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):

@@ -28,7 +28,6 @@ prime ``N``.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from valleys._checks import integer, seed_value
+from valleys._checks import integer, is_integral, is_real, seed_value
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
@@ -173,14 +172,14 @@ def tail_index(
     if N < 4:
         raise ArgumentValueError(f"the block-sum estimator needs at least 4 samples, got {N}")
     k1 = math.isqrt(N) if block_size is None else block_size
-    if (not isinstance(k1, numbers.Integral) or isinstance(k1, bool) or k1 < 2
+    if (not is_integral(k1) or isinstance(k1, bool) or k1 < 2
             or N // k1 < 2):
         raise ArgumentValueError(
             f"block_size must be an integer >= 2 leaving at least 2 blocks of the {N} samples, "
             f"got {block_size!r}"
         )
     k1 = int(k1)
-    if (isinstance(level, bool) or not isinstance(level, numbers.Real)
+    if (isinstance(level, bool) or not is_real(level)
             or not 0.0 < level < 1.0):
         raise ArgumentValueError(f"level must lie in (0, 1), got {level!r}")
     level = float(level)

@@ -11,16 +11,16 @@ so they run wherever the operator's tensors live, with no host round trip.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
+from typing import Any, overload
 
 import numpy as np
 import torch
 
-from valleys._checks import available_device
+from valleys._checks import available_device, is_integral, is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
-__all__ = ["DenseOperator", "LambdaOperator", "LinearOperator"]
+__all__ = ["DenseOperator", "LambdaOperator", "LinearOperator", "LowRankOperator"]
 
 
 class LinearOperator:
@@ -46,7 +46,7 @@ class LinearOperator:
         *,
         symmetric: bool = True,
     ) -> None:
-        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size <= 0:
+        if not is_integral(size) or isinstance(size, bool) or size <= 0:
             raise ArgumentValueError(f"operator size must be a positive integer, got {size!r}")
         if not isinstance(dtype, torch.dtype):
             raise ArgumentTypeError(
@@ -105,7 +105,11 @@ class LinearOperator:
         self.num_matvecs += V.shape[1]
         return self._matmat(V)
 
-    def __matmul__(self, other):
+    @overload
+    def __matmul__(self, other: LinearOperator) -> LinearOperator: ...
+    @overload
+    def __matmul__(self, other: torch.Tensor) -> torch.Tensor: ...
+    def __matmul__(self, other: object) -> LinearOperator | torch.Tensor:
         if isinstance(other, LinearOperator):
             return _ProductOperator(self, other)
         if isinstance(other, torch.Tensor):
@@ -113,28 +117,28 @@ class LinearOperator:
         return NotImplemented
 
     # -- algebra ----------------------------------------------------------------------------
-    def __add__(self, other):
+    def __add__(self, other: object) -> LinearOperator:
         if isinstance(other, LinearOperator):
             return _SumOperator(self, other, 1.0)
         return NotImplemented
 
-    def __sub__(self, other):
+    def __sub__(self, other: object) -> LinearOperator:
         if isinstance(other, LinearOperator):
             return _SumOperator(self, other, -1.0)
         return NotImplemented
 
-    def __mul__(self, scalar):
+    def __mul__(self, scalar: object) -> LinearOperator:
         return _ScaledOperator(self, _scalar(scalar, "scale"))
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scalar):
+    def __truediv__(self, scalar: object) -> LinearOperator:
         divisor = _scalar(scalar, "divide")
         if divisor == 0:
             raise ArgumentValueError(f"cannot divide {self!r} by zero")
         return _ScaledOperator(self, 1.0 / divisor)
 
-    def __neg__(self):
+    def __neg__(self) -> LinearOperator:
         return _ScaledOperator(self, -1.0)
 
     # -- export -----------------------------------------------------------------------------
@@ -150,7 +154,7 @@ class LinearOperator:
         cols = [self.matmat(eye[:, j : j + block_size]) for j in range(0, self.size, block_size)]
         return torch.cat(cols, dim=1)
 
-    def to_scipy(self):
+    def to_scipy(self) -> Any:  # a scipy.sparse.linalg.LinearOperator (scipy has no types)
         """A :class:`scipy.sparse.linalg.LinearOperator` view (converts through NumPy each call).
 
         Prefer valleys' own solvers, which avoid the host round trip and thread contention.
@@ -179,7 +183,7 @@ class LinearOperator:
 
 def _scalar(value: object, verb: str) -> float:
     """A finite real factor for operator algebra (operators combine with operators only)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not is_real(value):
         raise ArgumentTypeError(f"can only {verb} an operator by a real number, got "
                                 f"{type(value).__name__}; combine operators with + - @")
     if not math.isfinite(value):
@@ -223,7 +227,9 @@ class _ScaledOperator(LinearOperator):
 class _ProductOperator(LinearOperator):
     def __init__(self, a: LinearOperator, b: LinearOperator) -> None:
         _check_compatible(a, b)
-        super().__init__(a.size, a.dtype, a.device, symmetric=False)
+        # (AB)ᵀ = BᵀAᵀ, so a product is symmetric in general only as the square of a symmetric
+        # operator (A A with Aᵀ = A).
+        super().__init__(a.size, a.dtype, a.device, symmetric=a is b and a.symmetric)
         self.a, self.b = a, b
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -278,3 +284,94 @@ class LambdaOperator(LinearOperator):
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self._fn(v)
+
+
+class ExpressionOperator(LinearOperator):
+    """An operator defined as an expression of other operators (``+ - * / @``).
+
+    A named operator whose products are a combination of other operators' products (the GGN
+    variance ``M − G @ G``, the gradient covariance ``F − g gᵀ``) subclasses this and passes the
+    expression, so the algebra of this module (with its checks of sizes, dtypes and devices) is
+    the one place where the combination is computed. The expression's own operators count
+    their products as usual; this operator counts the vectors it is applied to.
+    """
+
+    def __init__(self, expression: LinearOperator) -> None:
+        if not isinstance(expression, LinearOperator):
+            raise ArgumentTypeError(
+                f"ExpressionOperator needs a LinearOperator, got {type(expression).__name__}")
+        super().__init__(expression.size, expression.dtype, expression.device,
+                         symmetric=expression.symmetric)
+        self.expression = expression
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.expression.matmat(V)
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.expression.matvec(v)
+
+
+class LowRankOperator(LinearOperator):
+    r"""A low-rank operator ``A = U diag(s) Vᵀ`` (``V = U`` unless given), applied in factors.
+
+    .. math::  A x = U \big(s ⊙ (V^\top x)\big), \qquad U, V ∈ ℝ^{p × r}, \; s ∈ ℝ^r ,
+
+    at ``O(p r)`` per vector instead of ``O(p²)``. With ``V = U`` it is symmetric. Typical uses:
+    deflation of known eigenpairs, ``A − LowRankOperator(Q, λ)`` with ``Q, λ`` from
+    :func:`~valleys.linalg.eigsh` (Saad, *Numerical Methods for Large Eigenvalue Problems*,
+    2011, §4.2), the rank-one term ``g gᵀ`` of the gradient covariance, and low-rank
+    preconditioners ``σI + U diag(s) Uᵀ``.
+
+    Args:
+        U: ``(p, r)`` left factor, a real floating tensor (its dtype and device are the
+            operator's). ``r = 0`` is the zero operator.
+        s: ``(r,)`` weights (default: ones), finite.
+        V: ``(p, r)`` right factor (default: ``U``, a symmetric operator).
+    """
+
+    def __init__(
+        self,
+        U: torch.Tensor,
+        s: torch.Tensor | None = None,
+        *,
+        V: torch.Tensor | None = None,
+    ) -> None:
+        if not isinstance(U, torch.Tensor) or U.ndim != 2:
+            raise ArgumentTypeError(
+                f"LowRankOperator needs a 2-D (p, r) tensor U, got "
+                f"{tuple(U.shape) if isinstance(U, torch.Tensor) else type(U).__name__}")
+        if not U.dtype.is_floating_point:
+            raise ArgumentTypeError(
+                f"LowRankOperator needs real floating factors, got {U.dtype}; convert with "
+                ".double()")
+        p, r = U.shape
+        if s is None:
+            s = torch.ones(r, dtype=U.dtype, device=U.device)
+        for name, t, shape in (("s", s, (r,)), ("V", V, (p, r))):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ArgumentValueError(
+                    f"LowRankOperator with U of shape {(p, r)} needs {name} of shape {shape}, "
+                    f"got {got}")
+            if t.dtype != U.dtype or t.device != U.device:
+                raise ArgumentTypeError(
+                    f"LowRankOperator: {name} must have U's dtype {U.dtype} and device "
+                    f"{U.device}, got {t.dtype} on {t.device}")
+        for name, t in (("U", U), ("s", s), ("V", V)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ArgumentValueError(f"LowRankOperator: {name} has non-finite entries")
+        super().__init__(p, U.dtype, U.device, symmetric=V is None)
+        self.U, self.s, self.V = U, s, U if V is None else V
+
+    @property
+    def rank(self) -> int:
+        """The number of columns ``r`` of the factors (an upper bound on the rank)."""
+        return self.U.shape[1]
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        return self.U @ (self.s[:, None] * (self.V.T @ X))
+
+    def _matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.U @ (self.s * (self.V.T @ x))

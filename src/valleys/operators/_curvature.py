@@ -9,6 +9,7 @@ removes the forward pass (and, for the Hessian, the first backward pass) from ea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -64,18 +65,27 @@ class CurvatureOperator(LinearOperator):
     def _prepare(self, X: torch.Tensor, Y: torch.Tensor) -> Any:
         raise NotImplementedError
 
+    def _prepare_chunk(self, index: int, X: torch.Tensor, Y: torch.Tensor) -> Any:
+        """Prepare chunk number ``index`` (in the order of ``objective.chunks()``).
+
+        Defaults to :meth:`_prepare`; an operator whose chunk state depends on more than the
+        chunk's data (the Monte-Carlo Fisher draws labels from a per-chunk seed) overrides this.
+        """
+        return self._prepare(X, Y)
+
     def _apply(self, state: Any, V: torch.Tensor) -> torch.Tensor:
         """Apply one chunk's share to ``V`` of shape ``(k, p)`` (rows are vectors)."""
         raise NotImplementedError
 
-    def _states(self):
+    def _states(self) -> Iterator[Any]:
         if self.cache:
             if self._cached is None:
-                self._cached = [self._prepare(X, Y) for X, Y in self.objective.chunks()]
+                self._cached = [self._prepare_chunk(index, X, Y)
+                                for index, (X, Y) in enumerate(self.objective.chunks())]
             yield from self._cached
         else:
-            for X, Y in self.objective.chunks():
-                yield self._prepare(X, Y)
+            for index, (X, Y) in enumerate(self.objective.chunks()):
+                yield self._prepare_chunk(index, X, Y)
 
     def _rows(self, V: torch.Tensor) -> torch.Tensor:
         total = None
@@ -85,6 +95,8 @@ class CurvatureOperator(LinearOperator):
                 self._apply(state, V)
             )
             total = part if total is None else total.add_(part)
+        if total is None:  # every objective has at least one chunk of data
+            raise RuntimeError("the curvature operator found no data to sum over")
         # A sharded objective sums the shards' partial products over ranks (one all-reduce).
         return self.objective.reduce(total, inputs=(V, self.theta))
 

@@ -7,6 +7,7 @@ from torch.func import grad, jvp
 
 from valleys.objective import Objective
 from valleys.operators._curvature import CurvatureOperator, vjp_rows
+from valleys.operators._registry import register_curvature
 
 __all__ = ["GGNOperator", "ggn", "output_hessian_product"]
 
@@ -25,14 +26,14 @@ class GGNOperator(CurvatureOperator):
     :func:`torch.func` otherwise.
     """
 
-    def _prepare(self, X, Y):
+    def _prepare(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         leaf = self._leaf()
         out = self.objective.forward(leaf, X)
         dual = torch.zeros_like(out, requires_grad=True)
         jt_dual = torch.autograd.grad(out, leaf, dual, create_graph=True)[0]
         return leaf, out, dual, jt_dual, Y
 
-    def _apply(self, state, V):
+    def _apply(self, state: tuple[torch.Tensor, ...], V: torch.Tensor) -> torch.Tensor:
         leaf, out, dual, jt_dual, Y = state
         JV = vjp_rows(jt_dual, dual, V)  # (k, batch, outputs...) = J v for each row v
         lam_JV = output_hessian_product(self.objective, out.detach(), Y, JV)
@@ -57,6 +58,8 @@ def output_hessian_product(
     return torch.stack([jvp(summed, (outputs,), (t,))[1] for t in T])
 
 
-def ggn(objective: Objective, theta: torch.Tensor | None = None, *, cache=None) -> GGNOperator:
+@register_curvature(GGNOperator)
+def ggn(objective: Objective, theta: torch.Tensor | None = None, *,
+        cache: bool | None = None) -> GGNOperator:
     """The generalized Gauss–Newton matrix as a linear operator (see :class:`GGNOperator`)."""
     return GGNOperator(objective, theta, cache=cache)

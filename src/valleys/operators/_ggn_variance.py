@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 from torch.func import jacrev, vmap
 
 from valleys.objective import Objective
-from valleys.operators._base import LinearOperator
-from valleys.operators._curvature import CurvatureOperator, vjp_rows
-from valleys.operators._ggn import GGNOperator, output_hessian_product
-from valleys.operators._hessian_variance import (
+from valleys.operators._algorithm_check import (
     CHECK_SAMPLES,
     first_agreeing,
     first_samples,
     warn_rejected,
 )
+from valleys.operators._base import ExpressionOperator
+from valleys.operators._curvature import CurvatureOperator, vjp_rows
+from valleys.operators._ggn import GGNOperator, output_hessian_product
+from valleys.operators._registry import register_curvature
 
 __all__ = ["GGNVarianceOperator", "ggn_variance"]
 
@@ -24,14 +27,15 @@ _BLOCK_ELEMENTS = 2**24
 JACOBIAN_ALGORITHMS = ("vmap", "backward")
 
 
-def _single_output(objective: Objective):
+def _single_output(objective: Objective) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def single(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return objective.forward(t, x.unsqueeze(0))[0].reshape(-1)
 
     return single
 
 
-def _jacobians_by_rows(objective: Objective, theta: torch.Tensor, X: torch.Tensor):
+def _jacobians_by_rows(objective: Objective, theta: torch.Tensor,
+                       X: torch.Tensor) -> torch.Tensor:
     """``J_i`` of each sample by one backward pass per output (never under ``vmap``)."""
     single = _single_output(objective)
     out = []
@@ -50,7 +54,7 @@ def _jacobians_by_rows(objective: Objective, theta: torch.Tensor, X: torch.Tenso
 
 def sample_output_grams(
     objective: Objective, theta: torch.Tensor, X: torch.Tensor, *, algorithm: str = "vmap"
-):
+) -> torch.Tensor:
     """``J_i J_iᵀ`` for every sample of ``X``: shape ``(b, K, K)``, ``K`` the flat output size.
 
     Per-sample Jacobians by ``vmap(jacrev)`` (``algorithm="vmap"``) or by one backward pass
@@ -115,19 +119,20 @@ class _GGNSecondMoment(CurvatureOperator):
     the graphs follow the usual caching rule of :class:`CurvatureOperator`.
     """
 
-    def __init__(self, objective: Objective, theta, *, cache) -> None:
+    def __init__(self, objective: Objective, theta: torch.Tensor | None, *,
+                 cache: bool | None) -> None:
         super().__init__(objective, theta, cache=cache)
         self._grams: list[torch.Tensor] = []
         self.jacobian_algorithm: str | None = None  # chosen by a check at the first product
 
-    def _graph(self, X, Y):
+    def _graph(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         leaf = self._leaf()
         out = self.objective.forward(leaf, X)
         dual = torch.zeros_like(out, requires_grad=True)
         jt_dual = torch.autograd.grad(out, leaf, dual, create_graph=True)[0]
         return leaf, out, dual, jt_dual, Y
 
-    def _states(self):
+    def _states(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.cache and self._cached is not None:
             yield from self._cached
             return
@@ -146,7 +151,7 @@ class _GGNSecondMoment(CurvatureOperator):
         if self.cache:
             self._cached = states
 
-    def _apply(self, state, V):
+    def _apply(self, state: tuple[torch.Tensor, ...], V: torch.Tensor) -> torch.Tensor:
         leaf, out, dual, jt_dual, Y, grams = state
         k, b = V.shape[0], out.shape[0]
         outputs = out.detach()
@@ -156,7 +161,7 @@ class _GGNSecondMoment(CurvatureOperator):
         return vjp_rows(out, leaf, w / self.objective.n)
 
 
-class GGNVarianceOperator(LinearOperator):
+class GGNVarianceOperator(ExpressionOperator):
     r"""Variance of the per-sample generalized Gauss–Newton matrices,
 
     .. math::  Σ_G = \frac1n \sum_{i=1}^n G_i^2 − G^2, \qquad G_i = J_i^\top Λ_i J_i,
@@ -186,28 +191,24 @@ class GGNVarianceOperator(LinearOperator):
     """
 
     def __init__(
-        self, objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+        self, objective: Objective, theta: torch.Tensor | None = None, *, cache: bool | None = None
     ) -> None:
         self.ggn = GGNOperator(objective, theta, cache=cache)
-        super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
+        self._second = _GGNSecondMoment(objective, self.ggn.theta, cache=cache)
+        # Σ_G = (1/n) Σ_i G_i² − G·G, written in the operator algebra (G @ G is symmetric).
+        super().__init__(self._second - self.ggn @ self.ggn)
         self.objective = objective
         self.theta = self.ggn.theta
-        self._second = _GGNSecondMoment(objective, self.theta, cache=cache)
 
     @property
     def jacobian_algorithm(self) -> str | None:
         """``"vmap"`` or ``"backward"`` (per-sample Jacobians); ``None`` before a product."""
         return self._second.jacobian_algorithm
 
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self._second.matmat(V) - self.ggn.matmat(self.ggn.matmat(V))
 
-    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self._second.matvec(v) - self.ggn.matvec(self.ggn.matvec(v))
-
-
+@register_curvature(GGNVarianceOperator)
 def ggn_variance(
-    objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+    objective: Objective, theta: torch.Tensor | None = None, *, cache: bool | None = None
 ) -> GGNVarianceOperator:
     """The variance of per-sample GGN matrices as an operator (see :class:`GGNVarianceOperator`)."""
     return GGNVarianceOperator(objective, theta, cache=cache)

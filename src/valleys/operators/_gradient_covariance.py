@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from valleys.objective import Objective
-from valleys.operators._base import LinearOperator
+from valleys.operators._base import ExpressionOperator, LowRankOperator
 from valleys.operators._fisher import EmpiricalFisherOperator
+from valleys.operators._registry import register_curvature
 
 __all__ = ["GradientCovarianceOperator", "gradient_covariance"]
 
 
-class GradientCovarianceOperator(LinearOperator):
+class GradientCovarianceOperator(ExpressionOperator):
     r"""Per-sample gradient covariance
 
     .. math::  C = \frac1n \sum_{i=1}^n (g_i − g)(g_i − g)^\top = F − g g^\top,
@@ -23,25 +24,19 @@ class GradientCovarianceOperator(LinearOperator):
     """
 
     def __init__(
-        self, objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+        self, objective: Objective, theta: torch.Tensor | None = None, *, cache: bool | None = None
     ) -> None:
         self.fisher = EmpiricalFisherOperator(objective, theta, cache=cache)
-        super().__init__(objective.dim, objective.dtype, objective.device, symmetric=True)
         self.objective = objective
         self.theta = self.fisher.theta
         self.mean_gradient = objective.gradient(self.theta)
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        g = self.mean_gradient
-        return self.fisher.matmat(V) - torch.outer(g, g @ V)
-
-    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
-        g = self.mean_gradient
-        return self.fisher.matvec(v) - g * (g @ v)
+        # C = F − g gᵀ in the operator algebra: the rank-one term is applied in O(p) per vector.
+        super().__init__(self.fisher - LowRankOperator(self.mean_gradient.unsqueeze(1)))
 
 
+@register_curvature(GradientCovarianceOperator)
 def gradient_covariance(
-    objective: Objective, theta: torch.Tensor | None = None, *, cache=None
+    objective: Objective, theta: torch.Tensor | None = None, *, cache: bool | None = None
 ) -> GradientCovarianceOperator:
     """The per-sample gradient covariance ``(1/n) Σ (g_i−g)(g_i−g)ᵀ`` as a linear operator."""
     return GradientCovarianceOperator(objective, theta, cache=cache)

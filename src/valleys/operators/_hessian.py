@@ -8,6 +8,7 @@ from torch.func import grad, jvp, vmap
 from valleys.errors import ArgumentValueError
 from valleys.objective import Objective
 from valleys.operators._curvature import CurvatureOperator, vjp_rows
+from valleys.operators._registry import register_curvature
 
 __all__ = ["HessianOperator", "hessian"]
 
@@ -49,14 +50,14 @@ class HessianOperator(CurvatureOperator):
         super().__init__(objective, theta, cache=cache)
         self.backend = backend
 
-    def _prepare(self, X, Y):
+    def _prepare(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "forward-over-reverse":
             return X, Y
         leaf = self._leaf()
         g = torch.autograd.grad(self.objective.chunk_risk(leaf, X, Y), leaf, create_graph=True)[0]
         return leaf, g
 
-    def _apply(self, state, V):
+    def _apply(self, state: tuple[torch.Tensor, torch.Tensor], V: torch.Tensor) -> torch.Tensor:
         if self.backend == "forward-over-reverse":
             X, Y = state
             gradient = grad(lambda t: self.objective.chunk_risk(t, X, Y))
@@ -65,6 +66,7 @@ class HessianOperator(CurvatureOperator):
         return vjp_rows(g, leaf, V)
 
 
+@register_curvature(HessianOperator)
 def hessian(
     objective: Objective,
     theta: torch.Tensor | None = None,

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-import numbers
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
+from valleys._checks import is_integral
+from valleys._layer_factors import (
+    Layers,
+    Unsupported,
+    check_factored_gradient,
+    check_recorded,
+    record,
+    try_factored,
+)
 from valleys.errors import ArgumentValueError
 from valleys.objective import Objective
+from valleys.operators._algorithm_check import (
+    CHECK_SAMPLES,
+    first_agreeing,
+    first_samples,
+    hessian_vector_product,
+    probe_vectors,
+    sample_gradient_graph,
+    warn_rejected,
+)
 from valleys.operators._base import LinearOperator
 from valleys.operators._hessian import HessianOperator
+from valleys.operators._registry import register_curvature
 
 __all__ = ["HessianVarianceOperator", "hessian_variance"]
 
@@ -22,8 +39,6 @@ METHODS = ("auto", "linear-layers", "vmap")
 # Per-sample Hessian-vector products of the vmap method, in the order they are tried; the last
 # is the reference itself (plain double backward, one sample at a time, never under vmap).
 SAMPLE_PRODUCTS = ("reverse-over-forward", "reverse-over-reverse", "double-backward")
-# Samples on which a vectorized per-sample algorithm is compared with double backward.
-CHECK_SAMPLES = 3
 
 # Per-sample products materialize a (samples × p) block; keep it near this many elements.
 _BLOCK_ELEMENTS = 2**24
@@ -142,7 +157,7 @@ class HessianVarianceOperator(LinearOperator):
             raise ArgumentValueError(
                 f"unknown Hessian-variance method {method!r}; choose one of {METHODS}")
         if sample_block is not None and (
-            not isinstance(sample_block, numbers.Integral) or isinstance(sample_block, bool)
+            not is_integral(sample_block) or isinstance(sample_block, bool)
             or sample_block <= 0
         ):
             raise ArgumentValueError(
@@ -155,12 +170,13 @@ class HessianVarianceOperator(LinearOperator):
         self.sample_block = sample_block or max(1, _BLOCK_ELEMENTS // objective.dim)
         self.requested_method = method
         self.fallback_reason: str | None = None
-        self._layers: _LinearLayers | None = None
-        self._cache: list | None = None
+        self._layers: Layers | None = None
+        self._verified = False  # the gradient check passed on a whole chunk
+        self._cache: list[_Graph] | None = None
         self.method = "vmap"
         if method != "vmap":
-            layers = _LinearLayers.build(objective)
-            reason = layers if isinstance(layers, str) else layers.probe(objective, self.theta)
+            layers, reason = try_factored(
+                objective, lambda found: _probe(objective, self.theta, found))
             if objective.distributed and not objective.all_ranks(reason is None):
                 # Every rank must take the same path: their collectives differ.
                 reason = reason or "the structure check failed on another rank"
@@ -177,6 +193,12 @@ class HessianVarianceOperator(LinearOperator):
         self.sample_products_reason: str | None = None
         self._vectorized = _vectorized_products(objective, self.theta)
 
+    def _factored_layers(self) -> Layers:
+        """The layers of the linear-layers method (set whenever it is the method)."""
+        if self._layers is None:
+            raise RuntimeError("the linear-layers method has no layers (it was given up)")
+        return self._layers
+
     # -- products -----------------------------------------------------------------------------
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self._product(v.unsqueeze(0))[0]
@@ -189,14 +211,14 @@ class HessianVarianceOperator(LinearOperator):
         with torch.enable_grad():
             if self.method == "linear-layers":
                 try:
-                    step = self._layers.rows_per_block(self.objective)
+                    step = _rows_per_block(self._factored_layers(), self.objective)
                     return torch.cat(
                         [
                             self._linear_layers_product(V[j : j + step])
                             for j in range(0, V.shape[0], step)
                         ]
                     )
-                except _Unsupported as error:
+                except Unsupported as error:
                     if self.requested_method == "linear-layers":
                         raise ArgumentValueError(
                             f"method='linear-layers' does not apply to this model: {error}"
@@ -206,17 +228,18 @@ class HessianVarianceOperator(LinearOperator):
             return torch.stack([self._vmap_product(v) for v in V])
 
     def _vmap_product(self, v: torch.Tensor) -> torch.Tensor:
-        if self.sample_products is None:
-            self._choose_sample_products()
+        products = self.sample_products
+        if products is None:
+            products = self._choose_sample_products()
         second_moment = torch.zeros_like(v)
         hv = torch.zeros_like(v)
-        if self.sample_products == "double-backward":
+        if products == "double-backward":
             for X, Y in self.objective.chunks():
                 U, S = _double_backward_products(self.objective, self.theta, X, Y, v)
                 hv += U.sum(0)
                 second_moment += S
         else:
-            sample_hvps, sum_of_products = self._vectorized[self.sample_products]
+            sample_hvps, sum_of_products = self._vectorized[products]
             for X, Y in self._blocks():
                 U = sample_hvps(v, X, Y)
                 hv += U.sum(0)
@@ -227,8 +250,9 @@ class HessianVarianceOperator(LinearOperator):
         )
         return second_moment / n - self.hessian.matvec(hv / n)
 
-    def _choose_sample_products(self) -> None:
-        """Pick the first vectorized algorithm that agrees with double backward on a few samples.
+    def _choose_sample_products(self) -> str:
+        """Pick the first vectorized algorithm that agrees with double backward on a few samples
+        (returned, and kept in ``sample_products``).
 
         The reference ``(u_i, Σ_i H_i u_i)`` for a fixed random ``v`` comes from
         :func:`_double_backward_products`; every rank takes the same algorithm (their
@@ -238,7 +262,7 @@ class HessianVarianceOperator(LinearOperator):
         v = probe_vectors(self.objective, 1)[0]
         reference = _double_backward_products(self.objective, self.theta, X, Y, v)
 
-        def candidate(name: str):
+        def candidate(name: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
             sample_hvps, sum_of_products = self._vectorized[name]
             return lambda: (sample_hvps(v, X, Y), sum_of_products(X, Y, reference[0]))
 
@@ -247,48 +271,53 @@ class HessianVarianceOperator(LinearOperator):
         chosen, rejected = first_agreeing(
             self.objective, [(name, candidate(name)) for name in names], reference, samples
         )
-        self.sample_products = chosen or SAMPLE_PRODUCTS[-1]
+        self.sample_products = products = chosen or SAMPLE_PRODUCTS[-1]
         if rejected:
             self.sample_products_reason = warn_rejected(
                 "hessian_variance: per-sample Hessian-vector products", rejected,
                 self.sample_products, self.objective.model,
             )
+        return products
 
-    def _blocks(self):
+    def _blocks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for X, Y in self.objective.chunks():
             for start in range(0, X.shape[0], self.sample_block):
                 stop = start + self.sample_block
                 yield X[start:stop], Y[start:stop]
 
+    def _graph(self, X: torch.Tensor, Y: torch.Tensor) -> _Graph:
+        graph = _Graph(self._factored_layers(), self.objective, self.theta, X, Y,
+                       verify=not self._verified)
+        self._verified = True
+        return graph
+
     def _linear_layers_product(self, V: torch.Tensor) -> torch.Tensor:
         """``Σ`` on the rows of ``V`` from the layers' map ``F(θ) = (a(θ), δ(θ))``."""
-        layers, n = self._layers, self.objective.n
+        layers, n = self._factored_layers(), self.objective.n
         if max(self.objective.shard_chunks) == 1:  # on every rank, so all take this path
             # One chunk: keep the graphs, and fold H(Hv) = (1/n) J_Fᵀ c_{Hv} into the reverse
             # pass that gives Σ_i H_i u_i.
             if self._cache is None:
-                with layers.attached():
-                    self._cache = [
-                        _Graph(layers, self.objective, self.theta, X, Y)
-                        for X, Y in self.objective.chunks()
-                    ]
+                self._cache = [self._graph(X, Y) for X, Y in self.objective.chunks()]
             graph = self._cache[0]
             dacts, ddeltas = graph.tangents(V)
-            hv = layers.sum_over_samples(graph.acts, graph.deltas, dacts, ddeltas, V.shape[0])
+            sums = _sum_over_samples(layers, graph.acts, graph.deltas, dacts, ddeltas, V.shape[0])
             if self.objective.distributed:
-                hv = _reduce_pieces(self.objective, hv, inputs=(V, self.theta))
-            w = [tuple(t / n for t in pieces) for pieces in hv]
-            cotangents = layers.cotangents(graph.acts, graph.deltas, dacts, ddeltas, w)
+                # Summed over ranks in one all-reduce, in θ's layout.
+                flat = self.objective.reduce(layers.flatten(sums), inputs=(V, self.theta))
+                sums = [(v["weight"], v["bias"]) if "bias" in v else (v["weight"],)
+                        for v in layers.views(flat)]
+            w = [tuple(t / n for t in pieces) for pieces in sums]
+            cotangents = _cotangents(layers, graph.acts, graph.deltas, dacts, ddeltas, w)
             return self.objective.reduce(graph.reverse(cotangents, V, retain_graph=True)) / n
         second_moment = torch.zeros_like(V)
         hv = torch.zeros_like(V)
         for X, Y in self.objective.chunks():
-            with layers.attached():
-                graph = _Graph(layers, self.objective, self.theta, X, Y)
+            graph = self._graph(X, Y)
             dacts, ddeltas = graph.tangents(V)
-            sums = layers.sum_over_samples(graph.acts, graph.deltas, dacts, ddeltas, V.shape[0])
+            sums = _sum_over_samples(layers, graph.acts, graph.deltas, dacts, ddeltas, V.shape[0])
             hv += layers.flatten(sums)
-            cotangents = layers.cotangents(graph.acts, graph.deltas, dacts, ddeltas)
+            cotangents = _cotangents(layers, graph.acts, graph.deltas, dacts, ddeltas)
             second_moment += graph.reverse(cotangents, V, retain_graph=False)
             del graph
         second_moment, hv = self.objective.reduce(
@@ -300,22 +329,23 @@ class HessianVarianceOperator(LinearOperator):
 # -- vectorized per-sample products and their check against double backward -------------------
 def _vectorized_products(
     objective: Objective, theta: torch.Tensor
-) -> dict[str, tuple[Callable, Callable]]:
+) -> dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]]:
     """Per vectorized algorithm: ``(v, X, Y) ↦ (H_i v)_i`` and ``(X, Y, U) ↦ Σ_i H_i u_i``."""
     loss = objective.sample_loss
 
-    def rof_hvp(v, x, y):
+    def rof_hvp(v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Reverse over forward: ~4x faster here than jvp(grad) under vmap.
         return grad(lambda t: jvp(lambda s: loss(s, x, y), (t,), (v,))[1])(theta)
 
-    def directional(t, x, y, u):
+    def directional(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                    u: torch.Tensor) -> torch.Tensor:
         return jvp(lambda s: loss(s, x, y), (t,), (u,))[1]
 
     rof_sum = grad(
         lambda t, X, Y, U: vmap(directional, in_dims=(None, 0, 0, 0))(t, X, Y, U).sum()
     )
 
-    def ror_hvp(w, x, y):
+    def ror_hvp(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return grad(lambda t: (grad(loss)(t, x, y) * w).sum())(theta)
 
     return {
@@ -330,33 +360,14 @@ def _vectorized_products(
     }
 
 
-def sample_gradient_graph(
-    objective: Objective, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(leaf, ∇ℓ_i(leaf))`` for one sample by plain autograd, with the graph kept."""
-    leaf = theta.detach().requires_grad_(True)
-    with torch.enable_grad():
-        g = torch.autograd.grad(objective.sample_loss(leaf, x, y), leaf, create_graph=True)[0]
-    return leaf, g
-
-
-def hessian_vector_product(
-    leaf: torch.Tensor, g: torch.Tensor, w: torch.Tensor, *, retain_graph: bool = True
-) -> torch.Tensor:
-    """``H_i w = ∇_θ ⟨∇ℓ_i, w⟩``: one backward pass through the graph of ``g = ∇ℓ_i``."""
-    if not g.requires_grad:  # ℓ_i is at most linear in θ
-        return torch.zeros_like(w)
-    out = torch.autograd.grad(g, leaf, w, retain_graph=retain_graph, allow_unused=True)[0]
-    return torch.zeros_like(w) if out is None else out
-
-
 def _double_backward_products(
-    objective: Objective, theta: torch.Tensor, X, Y, v: torch.Tensor
+    objective: Objective, theta: torch.Tensor, X: torch.Tensor | None, Y: torch.Tensor | None,
+    v: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, Σ_i H_i u_i)`` with rows ``u_i = H_i v``, one sample at a time (the reference)."""
     rows = []
     total = torch.zeros_like(v)
-    for x, y in zip(X, Y, strict=True) if X is not None else ():
+    for x, y in zip(X, Y, strict=True) if X is not None and Y is not None else ():
         leaf, g = sample_gradient_graph(objective, theta, x, y)
         u = hessian_vector_product(leaf, g, v)
         total += hessian_vector_product(leaf, g, u, retain_graph=False)
@@ -364,114 +375,17 @@ def _double_backward_products(
     return (torch.stack(rows) if rows else v.new_zeros(0, v.numel())), total
 
 
-def first_samples(objective: Objective, k: int) -> tuple:
-    """The first ``k`` samples of the first chunk, or ``(None, None)`` for an empty shard."""
-    for X, Y in objective.chunks():
-        return X[:k], Y[:k]
-    return None, None
+# -- the linear-layers algorithm ----------------------------------------------------------------
+def _probe(objective: Objective, theta: torch.Tensor, layers: Layers) -> Layers:
+    """``layers`` once the loss of two samples showed no violated condition (else raises)."""
+    X, Y = next(iter(objective.chunks()))
+    check_factored_gradient(objective, theta, layers, X,
+                            lambda out: objective.loss_fn(out, Y[: out.shape[0]]).sum(), 2)
+    return layers
 
 
-def probe_vectors(objective: Objective, k: int) -> torch.Tensor:
-    """``k`` fixed random vectors of ``θ``'s size (the same on every rank and every run)."""
-    gen = torch.Generator().manual_seed(15)
-    V = torch.randn(k, objective.dim, generator=gen, dtype=torch.float64)
-    return V.to(objective.device, objective.dtype)
-
-
-def relative_mismatch(result, reference) -> float:
-    """``max ‖a − b‖ / (‖a‖ + ‖b‖)`` over matching tensors of two (tuples of) tensors."""
-    pairs = zip(result, reference, strict=True) if isinstance(reference, tuple) else [
-        (result, reference)
-    ]
-    worst = 0.0
-    for a, b in pairs:
-        a, b = a.detach(), b.detach()
-        scale = float(a.norm() + b.norm())
-        error = float((a - b).norm())
-        worst = max(worst, error / scale if scale > 0 else error)
-    return worst
-
-
-def first_agreeing(
-    objective: Objective,
-    candidates: Sequence[tuple[str, Callable[[], object]]],
-    reference,
-    samples: int,
-) -> tuple[str | None, list[tuple[str, str]]]:
-    """The first candidate whose result matches ``reference`` on every rank, and the rejected.
-
-    A candidate is a thunk computing on the checked samples what ``reference`` holds. It is
-    rejected when it raises (``vmap`` cannot trace ``.item()``, an op lacks a rule) or differs by
-    more than ``sqrt(eps)`` relative: both sides agree to rounding when the transforms are
-    right, and a wrong rule misses whole terms. Returns ``(None, rejected)`` if none agrees.
-    """
-    tol = torch.finfo(objective.dtype).eps ** 0.5
-    rejected: list[tuple[str, str]] = []
-    for name, run in candidates:
-        problem = None
-        if samples:
-            try:
-                result = run()
-            except (RuntimeError, NotImplementedError) as error:
-                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                problem = f"raised {type(error).__name__}: {message[:160]}"
-            else:
-                error = relative_mismatch(result, reference)
-                if not error <= tol:  # also NaN
-                    problem = (
-                        f"differ from double backward by {error:.1e} (relative) on "
-                        f"{samples} samples"
-                    )
-        if objective.all_ranks(problem is None):
-            return name, rejected
-        rejected.append((name, problem or "failed the check on another rank"))
-    return None, rejected
-
-
-def transform_failure_cause(model: nn.Module) -> str:
-    """The likely cause of a ``torch.func`` composition disagreeing with double backward."""
-    norms = [repr(name or "(model)") for name, m in model.named_modules()
-             if isinstance(m, nn.LayerNorm)]
-    if norms:
-        listed = ", ".join(norms[:3]) + (", ..." if len(norms) > 3 else "")
-        return (
-            f"the model has nn.LayerNorm {listed}; torch's forward-mode rule for layer_norm and "
-            "functorch's batching rule for its backward use the saved mean and 1/std as "
-            "constants, so derivatives composed through them miss terms"
-        )
-    return (
-        "some operation's forward-mode or batching rule is not differentiable as composed "
-        "here (a torch.func limitation; double backward is unaffected)"
-    )
-
-
-def warn_rejected(what: str, rejected: list[tuple[str, str]], chosen: str, model) -> str:
-    """Warn (once per caller's check) that faster algorithms were rejected; return the reason."""
-    reason = "; ".join(f"{name} {problem}" for name, problem in rejected)
-    if any("differ from double backward" in problem for _, problem in rejected):
-        reason += f". Likely cause: {transform_failure_cause(model)}"
-    warnings.warn(
-        f"{what}: {reason}. Using {chosen!r} instead (exact, slower).",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return reason
-
-
-def _reduce_pieces(objective: Objective, per_layer: list[tuple], inputs) -> list[tuple]:
-    """Sum per-layer blocks (each with a leading ``k``) over ranks in one all-reduce."""
-    tensors = [t for pieces in per_layer for t in pieces]
-    k = tensors[0].shape[0]
-    flat = objective.reduce(torch.cat([t.reshape(k, -1) for t in tensors], 1), inputs=inputs)
-    parts = iter(flat.split([t[0].numel() for t in tensors], 1))
-    return [tuple(next(parts).reshape(t.shape) for t in pieces) for pieces in per_layer]
-
-
-class _Unsupported(Exception):
-    """The model violates a condition of the linear-layers algorithm."""
-
-
-def _grad(outputs, inputs, cotangents, k: int, *, retain_graph: bool) -> tuple:
+def _grad(outputs: Any, inputs: torch.Tensor | Sequence[torch.Tensor], cotangents: Any, k: int, *,
+          retain_graph: bool) -> tuple[torch.Tensor, ...]:
     """Vector-Jacobian products for cotangents with a leading dimension ``k`` (kept)."""
     inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     out = torch.autograd.grad(
@@ -488,6 +402,12 @@ def _grad(outputs, inputs, cotangents, k: int, *, retain_graph: bool) -> tuple:
     )
 
 
+# Per layer, (weight, [bias]) blocks with a leading k.
+Blocks = list[tuple[torch.Tensor, ...]]
+# Cotangents on F's outputs, by ("a" or "d", layer index).
+Cotangents = dict[tuple[str, int], torch.Tensor]
+
+
 class _Graph:
     """The autograd graph of ``F(θ) = (a(θ), δ(θ))`` on one chunk, and of ``w ↦ J_Fᵀ w``.
 
@@ -496,11 +416,19 @@ class _Graph:
     pass per product (the "double-vjp" trick) and needs no forward-mode derivatives.
     """
 
-    def __init__(self, layers, objective, theta, X, Y) -> None:
+    def __init__(self, layers: Layers, objective: Objective, theta: torch.Tensor, X: torch.Tensor,
+                 Y: torch.Tensor, *, verify: bool) -> None:
         self.leaf = theta.detach().requires_grad_(True)
-        verify = not layers.verified
-        self.acts, self.deltas = layers.acts_and_deltas(objective, self.leaf, X, Y, verify=verify)
-        layers.verified = True
+        # F's outputs: the layers' inputs a and the gradients δ of Σ_i ℓ_i with respect to
+        # zero shifts of their outputs (δ_i = ∂ℓ_i/∂z_i: samples are processed independently).
+        total, acts, shifts = record(
+            layers, lambda: objective.chunk_losses(self.leaf, X, Y).sum(), X.shape[0])
+        if verify:  # once per operator, on a whole chunk
+            check_recorded(layers, total, self.leaf, acts, shifts, retain_graph=True)
+        self.acts = tuple(acts)
+        self.deltas = torch.autograd.grad(
+            total, shifts, create_graph=True, allow_unused=True, materialize_grads=True
+        )
         self.slots = [("a", i, t) for i, t in enumerate(self.acts) if t.requires_grad]
         self.slots += [("d", i, t) for i, t in enumerate(self.deltas) if t.requires_grad]
         self.outputs = [t for _, _, t in self.slots]
@@ -516,10 +444,10 @@ class _Graph:
                 materialize_grads=True,
             )[0]
 
-    def tangents(self, V: torch.Tensor) -> tuple[list, list]:
+    def tangents(self, V: torch.Tensor) -> tuple[list[Any], list[Any]]:
         """``(ȧ, δ̇) = J_F v`` for the rows of ``V`` (``None`` where ``F`` is constant)."""
-        dacts: list = [None] * len(self.acts)
-        ddeltas: list = [None] * len(self.deltas)
+        dacts: list[Any] = [None] * len(self.acts)
+        ddeltas: list[Any] = [None] * len(self.deltas)
         if self.g is None or not self.g.requires_grad:
             return dacts, ddeltas
         k = V.shape[0]
@@ -528,7 +456,8 @@ class _Graph:
             (dacts if kind == "a" else ddeltas)[index] = t
         return dacts, ddeltas
 
-    def reverse(self, cotangents: dict, V: torch.Tensor, *, retain_graph: bool) -> torch.Tensor:
+    def reverse(self, cotangents: Cotangents, V: torch.Tensor, *,
+                retain_graph: bool) -> torch.Tensor:
         """``J_Fᵀ c`` for cotangents ``{(kind, layer): c}`` with a leading ``k``."""
         pairs = [
             (t, cotangents[kind, index])
@@ -541,250 +470,80 @@ class _Graph:
         return _grad(list(outputs), self.leaf, list(cots), V.shape[0], retain_graph=retain_graph)[0]
 
 
-class _LinearLayers:
-    """The ``nn.Linear`` layers making up ``θ`` and forward hooks that tap them.
+def _rows_per_block(layers: Layers, objective: Objective) -> int:
+    """Vectors per batched product (``is_grads_batched``), bounded by memory.
 
-    While attached, each hook records its layer's input ``a`` and adds a zero "shift" tensor
-    to its output, whose gradient is ``δ = ∂(Σ_i ℓ_i)/∂z``; it checks the layer is called once,
-    on a 2-D ``(batch, features)`` input.
+    Batching only pays where per-product overheads dominate: with ``chunk × p`` above
+    ``_BATCH_WORK`` the products are compute-bound, and batched reverse passes measured
+    10–25% slower than one vector at a time on CPU.
     """
+    chunk = objective.chunk_size or objective.n
+    if chunk * objective.dim >= _BATCH_WORK:
+        return 1
+    # try_factored finds nn.Linear layers only.
+    widths = sum(m.in_features + m.out_features for m in cast(Sequence[nn.Linear], layers))
+    return max(1, _BLOCK_ELEMENTS // (widths * chunk))
 
-    def __init__(self, names: list[str], modules: list[nn.Linear], slots: list[tuple]) -> None:
-        self.names = names  # module names, for messages
-        self.modules = modules
-        self.slots = slots  # per entry of θ: (layer index, "weight" | "bias")
-        self.has_bias = [m.bias is not None for m in modules]
-        self.verified = False  # the gradient check passed on a whole chunk
-        self._handles: list = []
-        self._active = False
-        self._reset(0, None)
 
-    @classmethod
-    def build(cls, objective: Objective) -> _LinearLayers | str:
-        """The layers of ``θ``, or a string saying why the model is not supported."""
-        model = objective.model
-        occurrences: dict[int, list[str]] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            occurrences.setdefault(id(p), []).append(name)
-        named = dict(model.named_parameters())
-        names: list[str] = []
-        modules: list[nn.Linear] = []
-        slots = []
-        for name in objective.names:
-            shared = occurrences.get(id(named[name]), [])
-            if len(shared) > 1:
-                return f"parameter {name!r} is shared ({', '.join(shared)})"
-            prefix, _, attr = name.rpartition(".")
-            owner = model.get_submodule(prefix)
-            if not isinstance(owner, nn.Linear) or type(owner).forward is not nn.Linear.forward:
-                return f"parameter {name!r} belongs to a {type(owner).__name__}, not an nn.Linear"
-            if attr not in ("weight", "bias"):
-                return f"parameter {name!r} is not the weight or bias of its nn.Linear"
-            if prefix not in names:
-                names.append(prefix)
-                modules.append(owner)
-            slots.append((names.index(prefix), attr))
-        chosen = set(objective.names)
-        for prefix, module in zip(names, modules, strict=True):
-            for attr, p in module.named_parameters(recurse=False):
-                if p is not None and f"{prefix}.{attr}".lstrip(".") not in chosen:
-                    return (
-                        f"the nn.Linear {prefix or '(model)'!r} has {attr!r} outside θ; "
-                        "select whole layers"
-                    )
-        return cls(names, modules, slots)
+def _sum_over_samples(layers: Layers, acts: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+                      dacts: list[Any], ddeltas: list[Any], k: int) -> Blocks:
+    """``Σ_i u_i`` per layer: ``(Σ_i δ̇_i a_iᵀ + δ_i ȧ_iᵀ, [Σ_i δ̇_i])``, leading ``k``."""
+    sums: Blocks = []
+    for a, d, da, dd, bias in zip(acts, deltas, dacts, ddeltas, layers.has_bias, strict=True):
+        a0, d0 = a.detach(), d.detach()
+        weight = a0.new_zeros(k, d0.shape[1], a0.shape[1])
+        if dd is not None:
+            weight = weight + dd.transpose(1, 2) @ a0
+        if da is not None:
+            weight = weight + d0.T @ da
+        if not bias:
+            sums.append((weight,))
+        else:
+            sums.append((weight, d0.new_zeros(k, d0.shape[1]) if dd is None else dd.sum(1)))
+    return sums
 
-    def probe(self, objective: Objective, theta: torch.Tensor) -> str | None:
-        """Differentiate the loss of two samples and report a violated condition, if any."""
-        X, Y = next(iter(objective.chunks()))
-        leaf = theta.detach().requires_grad_(True)
-        try:
-            with self.attached(), torch.enable_grad():
-                self.acts_and_deltas(objective, leaf, X[:2], Y[:2], verify=True)
-        except _Unsupported as error:
-            return str(error)
-        return None
 
-    # -- hooks --------------------------------------------------------------------------------
-    @contextmanager
-    def attached(self) -> Iterator[None]:
-        try:
-            for index, module in enumerate(self.modules):
-                self._handles.append(
-                    module.register_forward_hook(self._hook(index), with_kwargs=True)
-                )
-            self._active = True
-            yield
-        finally:
-            self._active = False
-            for handle in self._handles:
-                handle.remove()
-            self._handles = []
+def _cotangents(layers: Layers, acts: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+                dacts: list[Any], ddeltas: list[Any], w: Blocks | None = None) -> Cotangents:
+    """Cotangents ``c`` on ``F``'s outputs with ``J_Fᵀ c = Σ_i H_i u_i − n H w``.
 
-    def _reset(self, batch: int, shifts) -> None:
-        self.batch, self.shifts = batch, shifts
-        self.inputs: list = [None] * len(self.modules)
-        self.calls = [0] * len(self.modules)
-
-    def _hook(self, index: int):
-        def hook(module, args, kwargs, output):
-            if not self._active:
-                return None
-            where = f"the nn.Linear {self.names[index] or '(model)'!r}"
-            self.calls[index] += 1
-            if self.calls[index] > 1:
-                raise _Unsupported(f"{where} is called more than once per forward pass")
-            a = args[0] if args else kwargs.get("input")
-            if not isinstance(a, torch.Tensor) or a.ndim != 2 or a.shape[0] != self.batch:
-                shape = tuple(a.shape) if isinstance(a, torch.Tensor) else None
-                raise _Unsupported(
-                    f"{where} gets an input of shape {shape}, not (batch={self.batch}, features)"
-                )
-            self.inputs[index] = a
-            return output + self.shifts[index] if self.shifts is not None else None
-
-        return hook
-
-    def _check_all_called(self) -> None:
-        for index, count in enumerate(self.calls):
-            if count != 1:
-                raise _Unsupported(
-                    f"the nn.Linear {self.names[index] or '(model)'!r} is called {count} times "
-                    "per forward pass, not once"
-                )
-
-    # -- the map F(θ) = (a(θ), δ(θ)) ------------------------------------------------------------
-    def acts_and_deltas(
-        self,
-        objective: Objective,
-        theta: torch.Tensor,
-        X: torch.Tensor,
-        Y: torch.Tensor,
-        *,
-        verify: bool = False,
-    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """Inputs ``a`` and output gradients ``δ`` of every layer on a chunk (graphs kept).
-
-        ``δ`` is the gradient of ``Σ_i ℓ_i`` with respect to zero shifts added to the layers'
-        outputs; ``δ_i = ∂ℓ_i/∂z_i`` because samples are processed independently.
-        """
-        batch = X.shape[0]
-        shifts = [
-            torch.zeros(
-                batch, m.out_features, dtype=theta.dtype, device=theta.device
-            ).requires_grad_(True)
-            for m in self.modules
-        ]
-        self._reset(batch, shifts)
-        try:
-            loss = objective.chunk_losses(theta, X, Y).sum()
-            self._check_all_called()
-            acts = tuple(self.inputs)
-        finally:
-            self._reset(batch, None)
-        if verify:
-            # A parameter also used outside its layer's call (say F.linear(h, layer.weight))
-            # passes the call counts but breaks ∇ℓ_i = (δ_i a_iᵀ, δ_i): compare once with
-            # autograd's gradient (they agree to rounding when the structure holds).
-            gradient = torch.autograd.grad(loss, theta, retain_graph=True, allow_unused=True)[0]
-            self._check_gradient(gradient, acts, shifts, loss)
-        deltas = torch.autograd.grad(
-            loss, shifts, create_graph=True, allow_unused=True, materialize_grads=True
-        )
-        return acts, tuple(deltas)
-
-    def _check_gradient(self, gradient, acts, shifts, loss) -> None:
-        deltas = torch.autograd.grad(loss, shifts, retain_graph=True, materialize_grads=True)
-        sums = [(d.T @ a.detach(), d.sum(0)) for a, d in zip(acts, deltas, strict=True)]
-        structured = self.flatten([(w.unsqueeze(0), b.unsqueeze(0)) for w, b in sums])[0]
-        if gradient is None:
-            gradient = torch.zeros_like(structured)
-        error = (structured - gradient).norm()
-        scale = structured.norm() + gradient.norm()
-        if error > torch.finfo(gradient.dtype).eps ** 0.5 * scale:
-            raise _Unsupported(
-                "the loss depends on parameters of θ outside their nn.Linear calls (the "
-                f"per-sample gradients are not (δ aᵀ, δ): relative mismatch {error / scale:.1e})"
-            )
-
-    def rows_per_block(self, objective: Objective) -> int:
-        """Vectors per batched product (``is_grads_batched``), bounded by memory.
-
-        Batching only pays where per-product overheads dominate: with ``chunk × p`` above
-        ``_BATCH_WORK`` the products are compute-bound, and batched reverse passes measured
-        10–25% slower than one vector at a time on CPU.
-        """
-        chunk = objective.chunk_size or objective.n
-        if chunk * objective.dim >= _BATCH_WORK:
-            return 1
-        widths = sum(m.in_features + m.out_features for m in self.modules)
-        return max(1, _BLOCK_ELEMENTS // (widths * chunk))
-
-    def sum_over_samples(self, acts, deltas, dacts, ddeltas, k: int) -> list[tuple]:
-        """``Σ_i u_i`` per layer: ``(Σ_i δ̇_i a_iᵀ + δ_i ȧ_iᵀ, [Σ_i δ̇_i])``, leading ``k``."""
-        sums = []
-        for a, d, da, dd, bias in zip(acts, deltas, dacts, ddeltas, self.has_bias, strict=True):
-            a0, d0 = a.detach(), d.detach()
-            weight = a0.new_zeros(k, d0.shape[1], a0.shape[1])
+    ``Σ_i ⟨∇ℓ_i(θ), u_i⟩ = Σ_layers Σ_i δ_i·(U_i a_i + u^b_i)`` with ``u_i`` held fixed; its
+    derivatives in ``δ_i`` and ``a_i`` are ``c``. Likewise ``Σ_i ⟨∇ℓ_i(θ), w⟩``, whose
+    gradient is ``n H w``, has derivatives ``(W_w a_i + b_w, W_wᵀ δ_i)``; they are
+    subtracted when ``w`` (per layer ``(W_w, [b_w])`` with a leading ``k``) is given.
+    Keys are ``("d", layer)`` and ``("a", layer)``.
+    """
+    out: Cotangents = {}
+    for index, (a, d, da, dd) in enumerate(zip(acts, deltas, dacts, ddeltas, strict=True)):
+        bias = layers.has_bias[index]
+        a0, d0 = a.detach(), d.detach()
+        if d.requires_grad:
+            c: torch.Tensor | int = 0  # stays 0 (no cotangent) when nothing depends on θ
             if dd is not None:
-                weight = weight + dd.transpose(1, 2) @ a0
+                aa = (a0 * a0).sum(1, keepdim=True)
+                c = dd * (aa + 1 if bias else aa)
             if da is not None:
-                weight = weight + d0.T @ da
-            if not bias:
-                sums.append((weight,))
-            else:
-                sums.append((weight, d0.new_zeros(k, d0.shape[1]) if dd is None else dd.sum(1)))
-        return sums
-
-    def flatten(self, per_layer: list[tuple]) -> torch.Tensor:
-        """Per-layer ``(weight, [bias])`` blocks (leading ``k``) as ``(k, p)`` in θ's layout."""
-        return torch.cat(
-            [
-                per_layer[index][0 if attr == "weight" else 1].flatten(1)
-                for index, attr in self.slots
-            ],
-            dim=1,
-        )
-
-    def cotangents(self, acts, deltas, dacts, ddeltas, w=None) -> dict:
-        """Cotangents ``c`` on ``F``'s outputs with ``J_Fᵀ c = Σ_i H_i u_i − n H w``.
-
-        ``Σ_i ⟨∇ℓ_i(θ), u_i⟩ = Σ_layers Σ_i δ_i·(U_i a_i + u^b_i)`` with ``u_i`` held fixed; its
-        derivatives in ``δ_i`` and ``a_i`` are ``c``. Likewise ``Σ_i ⟨∇ℓ_i(θ), w⟩``, whose
-        gradient is ``n H w``, has derivatives ``(W_w a_i + b_w, W_wᵀ δ_i)``; they are
-        subtracted when ``w`` (per layer ``(W_w, [b_w])`` with a leading ``k``) is given.
-        Keys are ``("d", layer)`` and ``("a", layer)``.
-        """
-        out = {}
-        for index, (a, d, da, dd) in enumerate(zip(acts, deltas, dacts, ddeltas, strict=True)):
-            bias = self.has_bias[index]
-            a0, d0 = a.detach(), d.detach()
-            if d.requires_grad:
-                c = 0
-                if dd is not None:
-                    aa = (a0 * a0).sum(1, keepdim=True)
-                    c = dd * (aa + 1 if bias else aa)
-                if da is not None:
-                    c = c + d0 * (da * a0).sum(2, keepdim=True)
-                if w is not None:
-                    c = c - a0 @ w[index][0].transpose(1, 2)
-                    if bias:
-                        c = c - w[index][1].unsqueeze(1)
-                if isinstance(c, torch.Tensor):
-                    out["d", index] = c
-            if a.requires_grad:
-                c = 0
-                if dd is not None:
-                    c = (d0 * dd).sum(2, keepdim=True) * a0
-                if da is not None:
-                    c = c + (d0 * d0).sum(1, keepdim=True) * da
-                if w is not None:
-                    c = c - d0 @ w[index][0]
-                if isinstance(c, torch.Tensor):
-                    out["a", index] = c
-        return out
+                c = c + d0 * (da * a0).sum(2, keepdim=True)
+            if w is not None:
+                c = c - a0 @ w[index][0].transpose(1, 2)
+                if bias:
+                    c = c - w[index][1].unsqueeze(1)
+            if isinstance(c, torch.Tensor):
+                out["d", index] = c
+        if a.requires_grad:
+            c = 0
+            if dd is not None:
+                c = (d0 * dd).sum(2, keepdim=True) * a0
+            if da is not None:
+                c = c + (d0 * d0).sum(1, keepdim=True) * da
+            if w is not None:
+                c = c - d0 @ w[index][0]
+            if isinstance(c, torch.Tensor):
+                out["a", index] = c
+    return out
 
 
+@register_curvature(HessianVarianceOperator)
 def hessian_variance(
     objective: Objective,
     theta: torch.Tensor | None = None,

@@ -26,10 +26,12 @@ This package measures the quantities involved:
   :func:`fgsm`, :func:`pgd`).
 
 Every function takes either a :class:`~valleys.Objective` (its model, ``θ`` and data are used;
-pass ``X`` to evaluate elsewhere) or a plain ``nn.Module`` with inputs ``X``. Models are
-evaluated functionally with detached parameters, on the parameters' device and dtype; the model
-is never modified and never put in train or eval mode. Models in train mode with BatchNorm,
-InstanceNorm or dropout are refused, as by :class:`~valleys.Objective`.
+pass ``X`` to evaluate elsewhere) or a plain ``nn.Module`` with inputs ``X``, which is evaluated
+through an :class:`~valleys.Objective` built on ``X`` (``θ``: its trainable parameters, or all
+of them when every one is frozen), so the objective's checks apply: models in train mode with
+BatchNorm, InstanceNorm or dropout, or with randomness hidden in ``forward``, are refused.
+Models are evaluated functionally with detached parameters, on the parameters' device and dtype;
+the model is never modified and never put in train or eval mode.
 
 One module per concept: :mod:`~valleys.smoothness.input_gradients` (per-sample Jacobians),
 :mod:`~valleys.smoothness.sobolev` (``g_x``, ``g_w`` and Sobolev averages),

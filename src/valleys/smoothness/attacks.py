@@ -8,7 +8,6 @@ al. 2015) or :func:`pgd` (Madry et al. 2018) on the cross-entropy of the logits.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from valleys._checks import is_integral, is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.smoothness._source import Source, _Record, _Source
 
@@ -89,7 +89,7 @@ def _check_norm(norm: str) -> str:
 
 
 def _check_eps(eps: Any, what: str = "radius") -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) \
+    if isinstance(eps, bool) or not is_real(eps) or not math.isfinite(eps) \
             or eps < 0:
         raise ArgumentValueError(f"{what} must be a non-negative finite number, got {eps!r}")
     return float(eps)
@@ -99,7 +99,7 @@ def _check_clamp(clamp: Any, X: torch.Tensor) -> tuple[float, float] | None:
     if clamp is None:
         return None
     if not (isinstance(clamp, Sequence) and len(clamp) == 2
-            and all(isinstance(c, numbers.Real) for c in clamp)):
+            and all(is_real(c) for c in clamp)):
         raise ArgumentTypeError(
             f"clamp must be a pair (low, high) of numbers or None, got {clamp!r}")
     lo, hi = float(clamp[0]), float(clamp[1])
@@ -194,13 +194,7 @@ def _pgd_batch(forward: Callable, X: torch.Tensor, labels: torch.Tensor, eps: fl
 def _attack_setup(source, X, Y, theta, allow_train_mode, norm, clamp):
     src = _Source(source, X, Y, theta=theta, allow_train_mode=allow_train_mode)
     _check_norm(norm)
-    if src.X is None:
-        Xs, Ys = zip(*[(a, b) for a, b in src.batches(None)], strict=True)
-        Xall, Yall = torch.cat(Xs), torch.cat(Ys)
-    else:
-        if src.Y is None:
-            raise ArgumentValueError("attacks need targets Y (int labels or one-hot targets)")
-        Xall, Yall = src.X.to(src.device), src.Y.to(src.device)
+    Xall, Yall = src.samples()
     out = src.probe(Xall)
     if out.ndim != 2:
         raise ArgumentValueError(f"attacks need logits of shape (batch, classes), got "
@@ -211,7 +205,7 @@ def _attack_setup(source, X, Y, theta, allow_train_mode, norm, clamp):
 
 
 def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+    if isinstance(steps, bool) or not is_integral(steps) or steps < 1:
         raise ArgumentValueError(f"steps must be a positive integer, got {steps!r}")
     return int(steps)
 
@@ -219,7 +213,7 @@ def _check_steps(steps: Any) -> int:
 def _check_rel_step(rel_step_size: Any, steps: int) -> float:
     if rel_step_size is None:
         return 2.5 / steps
-    if isinstance(rel_step_size, bool) or not isinstance(rel_step_size, numbers.Real) \
+    if isinstance(rel_step_size, bool) or not is_real(rel_step_size) \
             or not math.isfinite(rel_step_size) or rel_step_size <= 0:
         raise ArgumentValueError(f"rel_step_size must be a positive number, got {rel_step_size!r}")
     return float(rel_step_size)
@@ -290,7 +284,7 @@ def pgd(
 def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if isinstance(seed, bool) or not is_integral(seed) or seed < 0:
         raise ArgumentValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     return torch.Generator(device=device).manual_seed(int(seed))
 
@@ -341,7 +335,7 @@ def adversarial_accuracy(
     if attack not in ATTACKS:
         raise ArgumentValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
     _check_norm(norm)
-    if isinstance(radii, numbers.Real) and not isinstance(radii, bool):
+    if is_real(radii) and not isinstance(radii, bool):
         radii = [radii]
     if isinstance(radii, torch.Tensor):
         radii = radii.reshape(-1).tolist()
@@ -349,7 +343,7 @@ def adversarial_accuracy(
         raise ArgumentValueError(f"radii must be a non-empty sequence of non-negative numbers, got "
                                  f"{radii!r}")
     eps_list = [_check_eps(r, "every radius") for r in radii]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
+    if isinstance(batch_size, bool) or not is_integral(batch_size) \
             or batch_size < 1:
         raise ArgumentValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if attack == "pgd":

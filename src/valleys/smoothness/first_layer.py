@@ -8,14 +8,15 @@ For a first layer ``z₁ = W₁x + b₁`` (Ma & Ying 2021), :func:`find_first_la
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from valleys._checks import is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
+from valleys.linalg import TRACE_METHODS
 from valleys.linalg import trace as _trace
 from valleys.models import MLP
 from valleys.objective import Objective
@@ -229,7 +230,7 @@ def first_layer_identity(
     """
     _check_chunk(chunk_size)
     src = _Source(source, X, None, theta=theta, allow_train_mode=allow_train_mode)
-    name = find_first_layer(source if isinstance(source, Objective) else src.model, first_layer)
+    name = find_first_layer(source, first_layer)
     parts = list(_first_layer_pass(src, name, chunk_size))
     G_norm = torch.cat([p["G_norm"] for p in parts])
     Jx_norm = torch.cat([p["Jx_norm"] for p in parts])
@@ -299,9 +300,9 @@ def first_layer_bound(
             f"(½ Σ_k (f_k − y_k)²); the objective uses {objective.loss_name!r}")
     if matrix not in ("hessian", "ggn"):
         raise ArgumentValueError(f"matrix must be 'hessian' or 'ggn', got {matrix!r}")
-    if trace_method not in ("auto", "exact", "hutch++", "hutchinson"):
+    if trace_method not in ("auto", *TRACE_METHODS):
         raise ArgumentValueError(f"unknown trace_method {trace_method!r}")
-    if not (isinstance(interpolation_tol, numbers.Real) and interpolation_tol >= 0):
+    if not (is_real(interpolation_tol) and interpolation_tol >= 0):
         raise ArgumentValueError(f"interpolation_tol must be >= 0, got {interpolation_tol!r}")
     _check_chunk(chunk_size)
     src = _Source(objective, None, None, theta=theta)

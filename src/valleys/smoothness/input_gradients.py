@@ -28,8 +28,9 @@ __all__ = ["input_jacobians", "loss_input_gradients", "parameter_jacobians"]
 
 
 def _input_jacobian_fn(src: _Source) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``X ↦ (∂f_k(x_i)/∂x)_{i,k}`` at the source's θ, shape ``(chunk, K, *input_shape)``."""
     def single(x: torch.Tensor) -> torch.Tensor:
-        return src.forward(x.unsqueeze(0)).reshape(-1)
+        return src.objective.sample_output(src.theta, x).reshape(-1)
 
     return vmap(jacrev(single))
 
@@ -76,8 +77,7 @@ def input_jacobians(
         A tensor of shape ``(n, K, *input_shape)`` on the parameters' device.
     """
     src = _Source(source, X, None, theta=theta, allow_train_mode=allow_train_mode)
-    _check_chunk(chunk_size)
-    return torch.cat([J for _, _, J in _iter_input_jacobians(src, chunk_size)])
+    return torch.cat([J for _, _, J in _iter_input_jacobians(src, _check_chunk(chunk_size))])
 
 
 def loss_input_gradients(
@@ -103,7 +103,7 @@ def loss_input_gradients(
         A tensor of shape ``(n, *input_shape)``.
     """
     src = _Source(source, X, Y, theta=theta, loss=loss, allow_train_mode=allow_train_mode)
-    _check_chunk(chunk_size)
+    chunk_size = _check_chunk(chunk_size)
     if src.loss_fn is None:
         raise ArgumentValueError(
             "loss_input_gradients needs a loss: pass loss='mse', 'ce' or a callable")
@@ -111,6 +111,7 @@ def loss_input_gradients(
 
 
 def _iter_loss_input_gradients(src: _Source, chunk_size: int | None) -> Iterator[torch.Tensor]:
+    """Yield ``∇_x ℓ(f(x_i), y_i)`` per chunk, shape ``(chunk, *input_shape)``."""
     def single(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return src.loss_fn(src.forward(x.unsqueeze(0)), y.unsqueeze(0))[0]
 
@@ -135,16 +136,17 @@ def _iter_parameter_jacobians(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
     """Yield ``(X, Y, G)`` with ``G`` the per-sample Jacobian of outputs w.r.t. θ (or one
     named parameter), shape ``(chunk, K, p)`` (or ``(chunk, K, *param_shape)``)."""
+    theta, dim = src.theta, src.objective.dim
     if name is None:
-        start, shape, theta = 0, (src.dim,), src.theta
-        numel = src.dim
+        start, numel = src.free
+        shape = (numel,)
     else:
         start, shape, numel = src.block(name)
-        theta = src.theta
+    whole = name is None and numel == dim  # differentiate θ itself, no splicing needed
 
     def single(piece: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        full = piece if name is None else _splice(theta, start, piece)
-        return src.forward_theta(full, x.unsqueeze(0)).reshape(-1)
+        full = piece if whole else _splice(theta, start, piece)
+        return src.objective.sample_output(full, x).reshape(-1)
 
     jac = vmap(jacrev(single), in_dims=(None, 0))
     piece = theta[start:start + numel].reshape(shape)
@@ -178,6 +180,5 @@ def parameter_jacobians(
         A tensor of shape ``(n, K, p)``.
     """
     src = _Source(source, X, None, theta=theta, allow_train_mode=allow_train_mode)
-    _check_chunk(chunk_size)
-    return torch.cat([G for _, _, G in _iter_parameter_jacobians(src, chunk_size)])
+    return torch.cat([G for _, _, G in _iter_parameter_jacobians(src, _check_chunk(chunk_size))])
 

@@ -11,11 +11,11 @@ r"""Coordinate-wise seminorms ``g_x(k)``, ``g_w(k)`` and Sobolev-type averages (
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
+from valleys._checks import is_real
 from valleys.errors import ArgumentValueError
 from valleys.losses import LossFn
 from valleys.smoothness._source import Source, _check_chunk, _Record, _Source
@@ -70,7 +70,7 @@ class SmoothnessReport(_Record):
 
 
 def _check_k(k: float) -> float:
-    if isinstance(k, bool) or not isinstance(k, numbers.Real) or not math.isfinite(k) or k <= 0:
+    if isinstance(k, bool) or not is_real(k) or not math.isfinite(k) or k <= 0:
         raise ArgumentValueError(f"k must be a positive finite number, got {k!r}")
     return float(k)
 
@@ -248,8 +248,7 @@ def input_smoothness(
         sob_max = max(sob_max, float(sq.max().sqrt()))
     n = src.num_samples
     loss_sob = None
-    has_targets = src.Y is not None or (src.X is None and src.objective is not None)
-    if src.loss_fn is not None and has_targets:
+    if src.loss_fn is not None and src.has_targets:
         loss_sob = sum(float(g.reshape(g.shape[0], -1).pow(2).sum(dtype=torch.float64))
                        for g in _iter_loss_input_gradients(src, chunk_size)) / n
     g_w = None

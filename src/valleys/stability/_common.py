@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from valleys._checks import positive_real
+from valleys._checks import is_integral, is_real, positive_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 
@@ -20,7 +19,7 @@ def check_lr(lr: object) -> float:
 
 def check_n(n: object) -> int:
     """A sample count ``n >= 1`` as an int."""
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+    if not is_integral(n) or isinstance(n, bool) or n < 1:
         raise ArgumentValueError(
             f"n (the number of training samples) must be an integer >= 1, got {n!r}")
     return int(n)
@@ -28,7 +27,7 @@ def check_n(n: object) -> int:
 
 def check_batch_size(batch_size: object, n: int) -> int:
     """A batch size ``1 <= B <= n`` as an int (batches are drawn without replacement)."""
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
+    if not is_integral(batch_size) or isinstance(batch_size, bool):
         raise ArgumentValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
     if batch_size < 1:
         raise ArgumentValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -44,7 +43,7 @@ def check_finite(value: object, name: str, *, nonnegative: bool = False) -> floa
     """A finite real (optionally ``>= 0``) as a float."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not is_real(value) or isinstance(value, bool):
         raise ArgumentValueError(f"{name} must be a finite real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -55,17 +54,6 @@ def check_finite(value: object, name: str, *, nonnegative: bool = False) -> floa
             "with Σ positive semi-definite)"
         )
     return value
-
-
-def check_tol(tol: object, name: str = "tol") -> float:
-    if (
-        not isinstance(tol, numbers.Real)
-        or isinstance(tol, bool)
-        or not math.isfinite(tol)
-        or not 0 < tol < 1
-    ):
-        raise ArgumentValueError(f"{name} must be a number in (0, 1), e.g. 1e-6, got {tol!r}")
-    return float(tol)
 
 
 def check_objective(obj: object, caller: str) -> Objective:

@@ -40,17 +40,20 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from valleys._checks import integer
+from valleys._checks import integer, relative_tolerance
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import (
+    GGNVarianceOperator,
+    HessianVarianceOperator,
     LambdaOperator,
     LinearOperator,
     ggn,
@@ -62,7 +65,6 @@ from valleys.stability._common import (
     check_batch_size,
     check_lr,
     check_objective,
-    check_tol,
     default_tol,
 )
 from valleys.stability.criteria import necessary_bounds, sgd_noise_factor
@@ -95,7 +97,8 @@ def _check_curvature(curvature: str, method: str) -> str:
     return curvature
 
 
-def _variance(obj, theta, method: str, curvature: str) -> LinearOperator:
+def _variance(obj: Objective, theta: torch.Tensor | None, method: str,
+              curvature: str) -> GGNVarianceOperator | HessianVarianceOperator:
     if curvature == "ggn":
         return ggn_variance(obj, theta)
     return hessian_variance(obj, theta, method=method)
@@ -120,9 +123,10 @@ class _Operators:
         self.c = sgd_noise_factor(obj.n, batch_size)
         self.sigma: LinearOperator | None = None
         if self.c > 0:
-            self.sigma = _variance(obj, theta, method, curvature)
-            # shares θ and the cached graphs
-            self.H = self.sigma.ggn if curvature == "ggn" else self.sigma.hessian
+            sigma = _variance(obj, theta, method, curvature)
+            self.sigma = sigma
+            # shares θ and the cached graphs (the GGN variance exactly when curvature="ggn")
+            self.H = sigma.ggn if isinstance(sigma, GGNVarianceOperator) else sigma.hessian
         else:
             self.H = ggn(obj, theta) if curvature == "ggn" else hessian(obj, theta)
         self.dim, self.dtype, self.device = obj.dim, obj.dtype, obj.device
@@ -147,7 +151,7 @@ class _Operators:
 
 
 def _top(op: LinearOperator, *, tol: float, seed: int | None, max_matvecs: int | None,
-         v0: torch.Tensor | None = None):
+         v0: torch.Tensor | None = None) -> tuple[float, torch.Tensor, float, bool, int]:
     """Top eigenpair ``(λ, v, residual, converged, matvecs)`` of a symmetric operator."""
     if op.size <= _DENSE_DIM:
         values, vectors = torch.linalg.eigh(op.to_dense())
@@ -259,7 +263,7 @@ def stability_analysis(
     curvature = _check_curvature(curvature, method)
     lr = check_lr(lr)
     batch_size = check_batch_size(batch_size, obj.n)
-    tol = default_tol(obj.dtype) if tol is None else check_tol(tol)
+    tol = default_tol(obj.dtype) if tol is None else relative_tolerance(tol)
     ops = _Operators(obj, batch_size, theta, method, curvature)
     M = ops.M(lr)
     lam, _, residual, converged, _ = _top(M, tol=tol, seed=seed, max_matvecs=max_matvecs)
@@ -396,13 +400,14 @@ def max_stable_lr_analysis(
     t0 = time.perf_counter()
     obj = check_objective(obj, "max_stable_lr")
     batch_size = check_batch_size(batch_size, obj.n)
-    tol = default_tol(obj.dtype) if tol is None else check_tol(tol)
+    tol = default_tol(obj.dtype) if tol is None else relative_tolerance(tol)
     max_iter = integer(max_iter, "max_iter", minimum=1)
     curvature = _check_curvature(curvature, method)
     ops = _Operators(obj, batch_size, theta, method, curvature)
     a, v, _, ok, matvecs = _top(ops.H, tol=tol, seed=seed, max_matvecs=max_matvecs)
 
-    def finish(lr, lam, history, converged, note=None):
+    def finish(lr: float, lam: float, history: list[tuple[float, float]], converged: bool,
+               note: str | None = None) -> MaxStableLRResult:
         h_count, v_count = ops.counts()
         return MaxStableLRResult(
             lr=lr, gd_lr=2.0 / a if a > 0 else math.inf, sharpness=a, lambda_max=lam,
@@ -467,7 +472,16 @@ def max_stable_lr(
     i.e. ``η* = 2 min_v vᵀHv / vᵀ(H² + cΣ)v``. ``batch_size = n`` is GD: ``2/λ_max(H)``. See
     :func:`max_stable_lr_analysis` for the method, tolerance and a record of the computation,
     and :func:`stability_analysis` for ``curvature="ggn"`` (approximate minima).
+
+    When the answer is a special value (``0`` where ``θ`` is not a minimum or has no positive
+    curvature, ``inf`` for GD without positive curvature, or an upper bound where the iteration
+    stopped early), a :class:`RuntimeWarning` carries the reason
+    (:attr:`MaxStableLRResult.note`); the number returned is the same.
     """
-    return max_stable_lr_analysis(
+    result = max_stable_lr_analysis(
         obj, batch_size, theta=theta, tol=tol, seed=seed, curvature=curvature
-    ).lr
+    )
+    if result.note is not None:
+        warnings.warn(f"max_stable_lr returned {result.lr:.6g}: {result.note}", RuntimeWarning,
+                      stacklevel=2)
+    return result.lr

@@ -181,6 +181,7 @@ class StabilityRegion:
         lr, batch_size, n, noise_factor: the inputs and ``c``.
     """
 
+    # The fields after the grid repeat NecessaryBounds' on purpose: one flat record (to_dict).
     sharpness: np.ndarray
     nonuniformity: np.ndarray
     max_sharpness: float

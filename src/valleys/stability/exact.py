@@ -37,12 +37,13 @@ from typing import Any
 import torch
 from torch.func import grad, jacfwd, jacrev, vmap
 
+from valleys._checks import relative_tolerance
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.objective import Objective
 from valleys.operators import LambdaOperator
-from valleys.operators._hessian_variance import (
+from valleys.operators._algorithm_check import (
     CHECK_SAMPLES,
     first_agreeing,
     first_samples,
@@ -54,7 +55,6 @@ from valleys.operators._hessian_variance import (
 from valleys.stability._common import (
     check_batch_size,
     check_lr,
-    check_tol,
     default_tol,
 )
 from valleys.stability.criteria import sgd_noise_factor
@@ -121,7 +121,7 @@ def per_sample_hessians(
     ])
 
 
-def _vectorized_hessians(obj: Objective) -> dict[str, Callable]:
+def _vectorized_hessians(obj: Objective) -> dict[str, Callable[..., torch.Tensor]]:
     gradient = grad(obj.sample_loss)
     return {
         "forward-over-reverse": vmap(jacfwd(gradient), in_dims=(None, 0, 0)),
@@ -129,7 +129,8 @@ def _vectorized_hessians(obj: Objective) -> dict[str, Callable]:
     }
 
 
-def _hessians_by_rows(obj: Objective, theta: torch.Tensor, X, Y) -> torch.Tensor:
+def _hessians_by_rows(obj: Objective, theta: torch.Tensor, X: torch.Tensor,
+                      Y: torch.Tensor) -> torch.Tensor:
     """``H_i`` row by row by double backward (``H_i e_j``), one sample at a time."""
     eye = torch.eye(obj.dim, dtype=theta.dtype, device=theta.device)
     out = []
@@ -151,7 +152,7 @@ def _choose_hessian_algorithm(obj: Objective, theta: torch.Tensor) -> str:
         rows.append(torch.stack([hessian_vector_product(leaf, g, w) for w in W]))
     reference = torch.stack(rows)  # (samples, 2, p): H_i w, which also equals H_iᵀ w
 
-    def candidate(name: str):
+    def candidate(name: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
         def run() -> tuple[torch.Tensor, torch.Tensor]:
             Hs = _vectorized_hessians(obj)[name](theta, X, Y)
             return Hs @ W.T, Hs.transpose(1, 2) @ W.T
@@ -303,7 +304,7 @@ def exact_mean_square(
     n, p, _ = Hs.shape
     batch_size = check_batch_size(batch_size, n)
     c = sgd_noise_factor(n, batch_size)
-    tol = default_tol(Hs.dtype) if tol is None else check_tol(tol)
+    tol = default_tol(Hs.dtype) if tol is None else relative_tolerance(tol)
     if method not in ("auto", "dense", "lanczos"):
         raise ArgumentValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
     if method == "auto":

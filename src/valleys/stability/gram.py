@@ -46,24 +46,24 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
 from torch.func import jacrev, vmap
 
-from valleys._linear_layers import (
-    Unsupported,
+from valleys._checks import integer, relative_tolerance
+from valleys._layer_factors import (
+    Layers,
     check_factored_gradient,
     forward_with_shifts,
-    linear_layers,
+    try_factored,
 )
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.objective import Objective
-from valleys.operators import LambdaOperator
-from valleys.stability._common import check_batch_size, check_objective, check_tol
+from valleys.operators import LambdaOperator, LinearOperator
+from valleys.stability._common import check_batch_size, check_objective
 from valleys.stability.criteria import sgd_noise_factor
 
 __all__ = ["GramStabilityResult", "gram_matrix", "gram_sharpness_nonuniformity"]
@@ -72,10 +72,13 @@ METHODS = ("auto", "linear-layers", "jacobian")
 FORMS = ("auto", "factored", "dense")
 # Elements of the temporaries (Jacobian chunks, blocks of G products) kept near this size.
 _BLOCK_ELEMENTS = 2**25
+# Per layer (Ã, Δ): inputs with a column of ones for the bias, (n, in[+1]), and δ, (n, K, out).
+Factors = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 # -- building G ---------------------------------------------------------------------------------
-def _layer_factors(obj: Objective, theta: torch.Tensor, layers: list[nn.Linear], X, Y):
+def _layer_factors(obj: Objective, theta: torch.Tensor, layers: Layers, X: torch.Tensor,
+                   Y: torch.Tensor) -> tuple[Factors, torch.Tensor]:
     """Per-layer ``(ã, δ)`` of one chunk: ``ã`` (b, in[+1]), ``δ`` (b, K, out); and outputs."""
     out, inputs, shifts = forward_with_shifts(obj, theta, layers, X)
     b, K = out.shape
@@ -92,11 +95,12 @@ def _layer_factors(obj: Objective, theta: torch.Tensor, layers: list[nn.Linear],
     return factors, out.detach()
 
 
-def _linear_layer_factors(obj, theta, layers, dtype):
+def _linear_layer_factors(obj: Objective, theta: torch.Tensor, layers: Layers,
+                          dtype: torch.dtype) -> tuple[Factors, torch.Tensor]:
     """Per-layer ``(Ã, Δ)`` of all samples, ``Ã`` (n, in[+1]) and ``Δ`` (n, K, out); residuals."""
     X, _ = next(iter(obj.chunks()))
     check_factored_gradient(obj, theta, layers, X, lambda out: out.sum())  # J rows = (δ aᵀ, δ)
-    per_layer: list[tuple[list, list]] = [([], []) for _ in layers]
+    per_layer: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in layers]
     residuals = []
     for X, Y in obj.chunks():
         factors, out = _layer_factors(obj, theta, layers, X, Y)
@@ -108,7 +112,8 @@ def _linear_layer_factors(obj, theta, layers, dtype):
     return factors, torch.cat(residuals)
 
 
-def _dense_from_factors(factors, n: int, K: int, dtype, device) -> torch.Tensor:
+def _dense_from_factors(factors: Factors, n: int, K: int, dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor:
     """``G = Σ_layers (ÃÃᵀ ⊗ 1_{K×K}) ∘ (ΔΔᵀ)``, assembled in row blocks."""
     N = n * K
     G = torch.zeros(N, N, dtype=dtype, device=device)
@@ -131,7 +136,7 @@ class _FactoredGram:
     weights ``u``): ``O(n·K·out + n·in·out)`` per layer instead of ``O((nK)²)``.
     """
 
-    def __init__(self, factors, n: int, K: int) -> None:
+    def __init__(self, factors: Factors, n: int, K: int) -> None:
         self.factors, self.n, self.K = factors, n, K
 
     def matvec(self, u: torch.Tensor) -> torch.Tensor:
@@ -145,10 +150,11 @@ class _FactoredGram:
 
     def diagonal_blocks(self) -> torch.Tensor:
         """``G_ii = Σ_layers ‖ã_i‖² Δ_i Δ_iᵀ``, shape (n, K, K)."""
-        return sum(
+        # θ holds at least one layer, so the sum is a tensor (never the start value 0).
+        return cast(torch.Tensor, sum(
             (a * a).sum(1)[:, None, None] * torch.bmm(d, d.transpose(1, 2))
             for a, d in self.factors
-        )
+        ))
 
 
 class _DenseGram:
@@ -163,8 +169,9 @@ class _DenseGram:
         return self.G.view(n, K, n, K).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
-def _gram_jacobian(obj, theta, dtype):
-    def single(t, x):
+def _gram_jacobian(obj: Objective, theta: torch.Tensor,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def single(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return obj.forward(t, x.unsqueeze(0))[0]
 
     jac = vmap(jacrev(single), in_dims=(None, 0))
@@ -195,7 +202,8 @@ def _gram_jacobian(obj, theta, dtype):
     return G, residuals
 
 
-def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
+def _build_gram(obj: Objective, theta: torch.Tensor | None, method: str, dtype: torch.dtype | None,
+                form: str) -> tuple[_DenseGram | _FactoredGram, torch.Tensor, str, str]:
     """``(gram, residuals, method, form)`` with ``gram`` a ``_DenseGram`` or ``_FactoredGram``."""
     obj = check_objective(obj, "the Gram path")
     obj.require_single_process("the Gram path")
@@ -217,19 +225,17 @@ def _build_gram(obj: Objective, theta, method: str, dtype, form: str):
     theta = obj.resolve_theta(theta)
     dtype = dtype or obj.dtype
     if method in ("auto", "linear-layers"):
-        layers = linear_layers(obj)
-        reason = layers if isinstance(layers, str) else None
+        built, reason = try_factored(
+            obj, lambda layers: _linear_layer_factors(obj, theta, layers, dtype))
         if reason is None:
-            try:
-                factors, r = _linear_layer_factors(obj, theta, layers, dtype)
-            except Unsupported as err:
-                reason = str(err)
-            else:
-                n, K = r.shape
-                if form == "dense":
-                    G = _dense_from_factors(factors, n, K, dtype, obj.device)
-                    return _DenseGram(G, n, K), r, "linear-layers", "dense"
-                return _FactoredGram(factors, n, K), r, "linear-layers", "factored"
+            if built is None:  # try_factored returns a result exactly when reason is None
+                raise RuntimeError("the linear-layers factors are missing")
+            factors, r = built
+            n, K = r.shape
+            if form == "dense":
+                G = _dense_from_factors(factors, n, K, dtype, obj.device)
+                return _DenseGram(G, n, K), r, "linear-layers", "dense"
+            return _FactoredGram(factors, n, K), r, "linear-layers", "factored"
         if method == "linear-layers" or form == "factored":
             raise ArgumentValueError(f"method='linear-layers' does not apply: {reason}")
     G, r = _gram_jacobian(obj, theta, dtype)
@@ -253,56 +259,36 @@ def gram_matrix(
     ``dtype``: of ``G`` (default the objective's).
     """
     gram, r, used, _ = _build_gram(obj, theta, method, dtype, "dense")
+    if not isinstance(gram, _DenseGram):  # form="dense" always builds one
+        raise RuntimeError("the dense Gram path returned a factored Gram matrix")
     return gram.G, r, used
 
 
 # -- eigenvalues ----------------------------------------------------------------------------------
-def _g_lanczos_top(apply_G, apply_W, N: int, like: torch.Tensor, *, tol: float,
-                   seed: int | None, max_steps: int):
-    """Top eigenvalue of ``W`` (self-adjoint in ``⟨x, y⟩_G = xᵀGy``) by Lanczos in that product.
-
-    Full reorthogonalization (classical Gram–Schmidt twice), no restart. Returns
-    ``(value, residual, steps, converged)``; the residual is the ``G``-norm one, which equals
-    ``‖Σv − λv‖`` for ``v = Jᵀu``.
-    """
-    gen = torch.Generator(device=like.device).manual_seed(0 if seed is None else int(seed))
-    u = torch.randn(N, generator=gen, dtype=like.dtype, device=like.device)
-    g = apply_G(u)
-    norm = math.sqrt(max(float(u @ g), 0.0))
-    if norm == 0:
-        return 0.0, 0.0, 0, True
-    m = min(max_steps, N)
-    U = torch.zeros(N, m, dtype=like.dtype, device=like.device)
-    GU = torch.zeros_like(U)
-    U[:, 0], GU[:, 0] = u / norm, g / norm
-    T = torch.zeros(m, m, dtype=torch.float64)
-    theta, resid = 0.0, math.inf
-    for j in range(m):
-        w = apply_W(U[:, j], GU[:, j])
-        h = GU[:, : j + 1].T @ w
-        w = w - U[:, : j + 1] @ h
-        h2 = GU[:, : j + 1].T @ w
-        w = w - U[:, : j + 1] @ h2
-        h = (h + h2).double().cpu()
-        T[: j + 1, j] = h
-        T[j, : j + 1] = h
-        gw = apply_G(w)
-        beta = math.sqrt(max(float(w @ gw), 0.0))
-        values, vectors = torch.linalg.eigh(T[: j + 1, : j + 1])
-        theta = float(values[-1])
-        resid = abs(beta * float(vectors[-1, -1]))
-        if resid <= tol * abs(theta) or beta <= 1e-12 * max(abs(theta), 1e-300):
-            return theta, resid, j + 1, True
-        if j + 1 < m:
-            U[:, j + 1], GU[:, j + 1] = w / beta, gw / beta
-    return theta, resid, m, False
-
-
-def _top_dense(op, tol: float, seed: int | None) -> tuple[float, int, bool]:
+def _top_dense(op: LinearOperator, tol: float, seed: int | None) -> tuple[float, int, bool]:
     if op.size <= 2:
         return float(torch.linalg.eigvalsh(op.to_dense())[-1]), op.size, True
     result = eigsh(op, k=1, which="largest", tol=tol, seed=seed)
     return float(result.values[0]), int(result.matvecs), bool(result.converged)
+
+
+def _top_in_gram(B: LinearOperator, G: LinearOperator, tol: float, seed: int | None,
+                 max_steps: int) -> tuple[float, int, bool]:
+    """``λ_max(G^½ B G^½)`` as the top eigenvalue of ``W = BG``, which is self-adjoint in
+    ``⟨x, y⟩_G = xᵀGy``: :func:`~valleys.linalg.eigsh` with ``inner=G`` (one product with
+    ``B`` and one with ``G`` per step). Its ``G``-norm residual equals ``‖Σv − λv‖`` for
+    ``v = Jᵀu``. Returns the value, the products with ``G`` (one per product with ``B``) and
+    whether it converged."""
+    before = B.num_matvecs + G.num_matvecs
+    if G.size <= 2:  # eigsh in an inner product needs k < size: the dense 2 x 2 problem
+        values, vectors = torch.linalg.eigh(G.to_dense())
+        half = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+        value = float(torch.linalg.eigvalsh(half @ B.to_dense() @ half)[-1])
+        return value, B.num_matvecs + G.num_matvecs - before, True
+    result = eigsh(B @ G, k=1, which="largest", tol=tol, seed=seed, inner=G,
+                   max_matvecs=max_steps)
+    return (float(result.values[0]), B.num_matvecs + G.num_matvecs - before,
+            bool(result.converged))
 
 
 @dataclass(frozen=True)
@@ -386,11 +372,13 @@ def gram_sharpness_nonuniformity(
         tol: relative residual tolerance of the eigenvalue solvers.
         seed: their seed.
         residual_tol: the largest ``|f − y|`` still called interpolating.
-        max_steps: Lanczos steps for the non-uniformity (no restarts).
+        max_steps: budget of products with ``W = BG`` for the non-uniformity (restarted
+            Lanczos in the ``G`` inner product, verification products included).
     """
     t0 = time.perf_counter()
     obj = check_objective(obj, "gram_sharpness_nonuniformity")
-    tol = check_tol(tol)
+    tol = relative_tolerance(tol)
+    max_steps = integer(max_steps, "max_steps", minimum=1)
     c = None
     if batch_size is not None:
         batch_size = check_batch_size(batch_size, obj.n)
@@ -415,18 +403,17 @@ def gram_sharpness_nonuniformity(
     def apply_D(x: torch.Tensor) -> torch.Tensor:
         return torch.bmm(blocks, x.view(n, K, 1)).reshape(N)
 
-    lam_G, matvecs, converged = _top_dense(
-        LambdaOperator(gram.matvec, N, dtype, device), tol, seed
-    )
+    G_op = LambdaOperator(gram.matvec, N, dtype, device)
+    lam_G, matvecs, converged = _top_dense(G_op, tol, seed)
 
-    def apply_W(u: torch.Tensor, Gu: torch.Tensor) -> torch.Tensor:  # (D − G/n) G u / n
-        return (apply_D(Gu) - gram.matvec(Gu) / n) / n
-
-    lam_S, _, steps, ok = _g_lanczos_top(
-        gram.matvec, apply_W, N, blocks, tol=tol, seed=seed, max_steps=max_steps
-    )
-    matvecs += 2 * steps + 1
-    converged = converged and ok
+    # Σ: the top eigenvalue of W = BG with B = (D − G/n)/n, in the G inner product; G = 0
+    # (tr G = 0 for a PSD G) leaves nothing to iterate on and Σ = 0.
+    lam_S = 0.0
+    if float(blocks.diagonal(dim1=1, dim2=2).sum()) > 0:
+        B_op = LambdaOperator(lambda x: (apply_D(x) - gram.matvec(x) / n) / n, N, dtype, device)
+        lam_S, used_s, ok = _top_in_gram(B_op, G_op, tol, seed, max_steps)
+        matvecs += used_s
+        converged = converged and ok
     lr = None
     if c is not None:
         op = LambdaOperator(

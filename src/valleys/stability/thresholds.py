@@ -23,27 +23,48 @@ stability", arXiv 2207.14484 (Adam's ``38/η``).
 from __future__ import annotations
 
 import math
-import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from valleys._checks import positive_real
+from valleys._checks import is_real, positive_real
 from valleys.errors import ArgumentValueError
 
-__all__ = ["OPTIMIZER_THRESHOLDS", "threshold"]
+__all__ = ["OPTIMIZER_ALIASES", "OPTIMIZER_THRESHOLDS", "threshold"]
 
-#: The optimizers :func:`threshold` knows, with the momentum keyword each one takes.
-OPTIMIZER_THRESHOLDS: dict[str, str | None] = {
-    "gd": None,
-    "heavy_ball": "beta",
-    "nesterov": "beta",
-    "adam": "beta1",
+
+@dataclass(frozen=True)
+class _Threshold:
+    """One optimizer: its momentum keyword (``None``: none), that keyword's default, the
+    threshold ``formula(lr, momentum)`` and other names it goes by."""
+
+    keyword: str | None
+    formula: Callable[[float, float], float]
+    default: float = 0.0
+    aliases: tuple[str, ...] = ()
+
+
+# The one table of optimizers: adding one is one entry (formula derived in the module docstring).
+# Defaults: momentum 0.9 as in Cohen et al.'s experiments; torch.optim.Adam's β₁ = 0.9.
+_TABLE: dict[str, _Threshold] = {
+    "gd": _Threshold(None, lambda lr, _: 2.0 / lr),
+    # train() calls torch.optim.SGD with momentum "momentum": the same optimizer.
+    "heavy_ball": _Threshold("beta", lambda lr, b: (2.0 + 2.0 * b) / lr, 0.9, ("momentum",)),
+    "nesterov": _Threshold("beta", lambda lr, b: (2.0 + 2.0 * b) / (lr * (1.0 + 2.0 * b)), 0.9),
+    "adam": _Threshold("beta1", lambda lr, b: (2.0 + 2.0 * b) / (lr * (1.0 - b)), 0.9),
 }
 
-# Defaults: torch.optim.Adam's β₁; momentum 0.9 as in Cohen et al.'s experiments.
-_DEFAULTS = {"beta": 0.9, "beta1": 0.9}
+#: The optimizers :func:`threshold` knows, with the momentum keyword each one takes.
+OPTIMIZER_THRESHOLDS: dict[str, str | None] = {name: t.keyword for name, t in _TABLE.items()}
+
+#: Other names :func:`threshold` accepts, mapped to the names above (``"momentum"`` is what
+#: :func:`valleys.train.train` calls heavy ball, ``torch.optim.SGD`` with ``momentum > 0``).
+OPTIMIZER_ALIASES: dict[str, str] = {
+    alias: name for name, t in _TABLE.items() for alias in t.aliases
+}
 
 
 def _momentum(name: str, value: object) -> float:
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+    if (not is_real(value) or isinstance(value, bool)
             or not math.isfinite(value) or not 0 <= value < 1):
         raise ArgumentValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
@@ -53,7 +74,8 @@ def threshold(optimizer: str, lr: float, **hyper: float) -> float:
     r"""The largest stable curvature of ``optimizer`` with step ``lr`` on a quadratic.
 
     Args:
-        optimizer: ``"gd"`` (``2/η``), ``"heavy_ball"`` (``(2+2β)/η``), ``"nesterov"``
+        optimizer: ``"gd"`` (``2/η``), ``"heavy_ball"`` (``(2+2β)/η``; also accepted as
+            ``"momentum"``, the name :func:`valleys.train.train` uses), ``"nesterov"``
             (``(2+2β)/(η(1+2β))``) or ``"adam"`` (``(2+2β₁)/(η(1−β₁))``, a bound on the
             preconditioned sharpness ``λ_max(P⁻¹H)``; ``38/η`` at ``β₁ = 0.9``).
         lr: the step size ``η > 0``.
@@ -67,21 +89,19 @@ def threshold(optimizer: str, lr: float, **hyper: float) -> float:
         ValueError: unknown optimizer (the message lists the options), ``lr <= 0`` or not
             finite, a momentum outside ``[0, 1)``, or a keyword the optimizer does not take.
     """
-    if optimizer not in OPTIMIZER_THRESHOLDS:
+    name = OPTIMIZER_ALIASES.get(optimizer, optimizer) if isinstance(optimizer, str) else None
+    if name not in _TABLE:
+        aliases = ", ".join(f"{a} = {n}" for a, n in OPTIMIZER_ALIASES.items())
         raise ArgumentValueError(
-            f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_THRESHOLDS)}"
+            f"unknown optimizer {optimizer!r}; choose one of {', '.join(_TABLE)} (aliases: "
+            f"{aliases})"
         )
     lr = positive_real(lr, "lr")
-    key = OPTIMIZER_THRESHOLDS[optimizer]
+    entry = _TABLE[name]
+    key = entry.keyword
     unexpected = sorted(set(hyper) - ({key} if key else set()))
     if unexpected:
         takes = f"only {key!r}" if key else "no hyperparameters"
         raise ArgumentValueError(f"threshold({optimizer!r}) takes {takes}, got {unexpected}")
-    if key is None:
-        return 2.0 / lr
-    beta = _momentum(key, hyper.get(key, _DEFAULTS[key]))
-    if optimizer == "heavy_ball":
-        return (2.0 + 2.0 * beta) / lr
-    if optimizer == "nesterov":
-        return (2.0 + 2.0 * beta) / (lr * (1.0 + 2.0 * beta))
-    return (2.0 + 2.0 * beta) / (lr * (1.0 - beta))
+    beta = 0.0 if key is None else _momentum(key, hyper.get(key, entry.default))
+    return entry.formula(lr, beta)

@@ -30,6 +30,8 @@ from multiprocessing import get_context
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tqdm.auto import tqdm
+
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 
 try:
@@ -364,7 +366,7 @@ class _RayPool:
 
 def _import_ray() -> Any:
     try:
-        import ray
+        import ray  # optional dependency (valleys[ray]), needed only by executor="ray"
     except ImportError as exc:
         raise ImportError(
             "executor='ray' needs Ray, which is not installed: pip install 'valleys[ray]' "
@@ -384,7 +386,5 @@ def _make_pool(executor: str, fn: RunFn, max_workers: int | None, n_pending: int
 
 
 def _progress_bar(name: str, total: int, initial: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=f"sweep {name}", unit="run",
                 disable=not enabled)

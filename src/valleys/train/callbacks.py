@@ -17,19 +17,22 @@ Sharpness is λ_max(H), the largest *algebraic* eigenvalue (Cohen et al., ICLR 2
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from valleys._checks import positive_real, seed_value
+from valleys._checks import is_integral, is_real, relative_tolerance, seed_value
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.linalg import eigsh
 from valleys.linalg._lanczos import block_eigsh
 from valleys.objective import Objective
 from valleys.operators import hessian
 from valleys.operators._base import LinearOperator
+
+if TYPE_CHECKING:
+    from valleys.linalg._results import EigshResult
+    from valleys.train.loop import TrainContext
 
 __all__ = [
     "PreconditionedOperator",
@@ -191,17 +194,17 @@ class SharpnessTracker:
             raise ArgumentTypeError(
                 f"SharpnessTracker needs a valleys.Objective, got {type(objective)}")
         for name, value in (("k", k), ("every", every)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            if not is_integral(value) or isinstance(value, bool) or value < 1:
                 raise ArgumentValueError(f"{name} must be a positive integer, got {value!r}")
         if k >= objective.dim:
             raise ArgumentValueError(
                 f"k must be smaller than the number of parameters {objective.dim}")
         if which not in ("largest", "magnitude"):
             raise ArgumentValueError(f"which must be 'largest' or 'magnitude', got {which!r}")
-        if not (isinstance(warm_noise, numbers.Real) and 0 <= warm_noise < 1):
+        if not (is_real(warm_noise) and 0 <= warm_noise < 1):
             raise ArgumentValueError(f"warm_noise must lie in [0, 1), got {warm_noise!r}")
         if warm_block is not None:
-            if (not isinstance(warm_block, numbers.Integral) or isinstance(warm_block, bool)
+            if (not is_integral(warm_block) or isinstance(warm_block, bool)
                     or not k <= warm_block < objective.dim):
                 raise ArgumentValueError(
                     f"warm_block must be None or an integer m with k = {k} <= m < "
@@ -215,15 +218,14 @@ class SharpnessTracker:
             warm_block = min(2 * int(k) + 1, objective.dim - 1)
         self.warm_block = warm_block
         self.objective = objective
-        tol = positive_real(tol, "tol", hint="the relative residual tolerance of Lanczos, e.g. "
-                                               "1e-3")
+        tol = relative_tolerance(tol)
         self.k, self.every, self.tol, self.which = int(k), int(every), tol, which
         self.warm_start, self.warm_noise = bool(warm_start), float(warm_noise)
         self.preconditioned = bool(preconditioned)
         self.prefix = ("precond_" if preconditioned else "") if prefix is None else prefix
         self.seed = seed_value(seed)
         self.max_matvecs = max_matvecs
-        if ncv is not None and (not isinstance(ncv, numbers.Integral) or isinstance(ncv, bool)
+        if ncv is not None and (not is_integral(ncv) or isinstance(ncv, bool)
                                 or ncv < self.k + 2):
             raise ArgumentValueError(f"ncv must be None or an integer >= k + 2 = {self.k + 2}, got "
                                      f"{ncv!r}")
@@ -232,9 +234,9 @@ class SharpnessTracker:
         self._vectors: torch.Tensor | None = None
         self._block: torch.Tensor | None = None
         self._generator = torch.Generator(device=objective.device).manual_seed(self.seed)
-        self._context = None
+        self._context: TrainContext | None = None
 
-    def setup(self, context) -> None:
+    def setup(self, context: TrainContext) -> None:
         """Receive the optimizer (called by :func:`~valleys.train.train` before step 0)."""
         self._context = context
         if self.preconditioned:
@@ -272,7 +274,7 @@ class SharpnessTracker:
             V0 = V0 + self.warm_noise * noise / torch.linalg.vector_norm(noise, dim=0)
         return V0, True
 
-    def _solve(self, op: LinearOperator):
+    def _solve(self, op: LinearOperator) -> tuple[EigshResult, bool]:
         """One evaluation's eigenpairs and whether it was warm-started."""
         seed = self.seed + len(self.history)
         if not self.warm_start:
@@ -313,7 +315,9 @@ class SharpnessTracker:
         out.update({f"{p}eig_{i + 1}": v for i, v in enumerate(values)})
         directions = vectors
         if self.preconditioned:
-            directions = op.scale[:, None] * vectors  # eigenvectors of P⁻¹H
+            # operator() returns a PreconditionedOperator (or None) when preconditioned.
+            scale = cast(PreconditionedOperator, op).scale
+            directions = scale[:, None] * vectors  # eigenvectors of P⁻¹H
             directions = directions / torch.linalg.vector_norm(directions, dim=0)
         projections = (directions * theta[:, None]).sum(dim=0).tolist()
         out.update({f"{p}proj_{i + 1}": v for i, v in enumerate(projections)})

@@ -20,27 +20,23 @@ room for the sharpness to grow between two estimates.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from valleys._checks import is_real, positive_real
 from valleys._records import record_to_dict
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
 from valleys.train.callbacks import SharpnessTracker
 
+if TYPE_CHECKING:
+    from valleys.train.loop import TrainContext
+
 __all__ = ["FlowDistance", "FlowResult", "GradientFlow", "gradient_flow"]
-
-
-def _check_positive(value: object, name: str) -> float:
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-            or not math.isfinite(value) or value <= 0):
-        raise ArgumentValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 class GradientFlow:
@@ -76,8 +72,8 @@ class GradientFlow:
             raise ArgumentTypeError(
                 f"GradientFlow needs a valleys.Objective, got {type(objective)}")
         self.objective = objective
-        self.alpha = _check_positive(alpha, "alpha")
-        self.max_step = math.inf if max_step is None else _check_positive(max_step, "max_step")
+        self.alpha = positive_real(alpha, "alpha")
+        self.max_step = math.inf if max_step is None else positive_real(max_step, "max_step")
         if not isinstance(sharpness_every, int) or sharpness_every < 1:
             raise ArgumentValueError(
                 f"sharpness_every must be a positive integer, got {sharpness_every!r}")
@@ -100,7 +96,10 @@ class GradientFlow:
         return -self.objective.gradient(theta)
 
     def _refresh_sharpness(self) -> None:
-        self.sharpness = abs(self._tracker(0, self.theta)["sharpness"])
+        row = self._tracker(0, self.theta)
+        if row is None:  # never: step 0 is due for any `every`
+            raise RuntimeError("the sharpness tracker returned no row at step 0")
+        self.sharpness = abs(row["sharpness"])
 
     def step_size(self) -> float:
         """``h = min(α / |λ|_max, max_step)``, refreshing ``|λ|_max`` when it is due."""
@@ -125,7 +124,7 @@ class GradientFlow:
 
     def advance(self, t: float) -> torch.Tensor:
         """Integrate up to flow time ``t`` (not before the current time) and return ``θ(t)``."""
-        if not isinstance(t, numbers.Real) or not math.isfinite(t):
+        if not is_real(t) or not math.isfinite(t):
             raise ArgumentValueError(f"the flow time must be a finite number, got {t!r}")
         if t < self.time - 1e-12 * max(1.0, abs(self.time)):
             raise ArgumentValueError(
@@ -234,13 +233,14 @@ class FlowDistance:
         seed: int = 0,
     ) -> None:
         self.objective = objective
-        self.lr = None if lr is None else _check_positive(lr, "lr")
-        self.max_time = math.inf if max_time is None else _check_positive(max_time, "max_time")
-        self._options = {"alpha": alpha, "max_step": max_step, "sharpness_every": sharpness_every,
-                         "tol": tol, "seed": seed}
+        self.lr = None if lr is None else positive_real(lr, "lr")
+        self.max_time = math.inf if max_time is None else positive_real(max_time, "max_time")
+        self._options: dict[str, Any] = {"alpha": alpha, "max_step": max_step,
+                                         "sharpness_every": sharpness_every, "tol": tol,
+                                         "seed": seed}
         self.flow = None if theta is None else GradientFlow(objective, theta, **self._options)
 
-    def setup(self, context) -> None:
+    def setup(self, context: TrainContext) -> None:
         if self.lr is None:
             self.lr = float(context.config.lr)
         if self.flow is None:

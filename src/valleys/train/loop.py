@@ -14,7 +14,6 @@ second-moment state for the preconditioned sharpness.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,13 +21,17 @@ from typing import Any
 
 import torch
 
-from valleys._checks import finite_real, integer, positive_real, seed_value
+from valleys._checks import finite_real, integer, is_integral, is_real, positive_real, seed_value
 from valleys.errors import ArgumentTypeError, ArgumentValueError
 from valleys.objective import Objective
+from valleys.stability.thresholds import OPTIMIZER_ALIASES
 
 __all__ = ["OPTIMIZERS", "SAMPLING", "TrainConfig", "TrainContext", "TrainResult", "train"]
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+# torch.optim.SGD with momentum is the heavy-ball method; its name here ("momentum") is defined
+# once, in valleys.stability.thresholds, whose threshold() accepts it for "heavy_ball".
+_HEAVY_BALL = next(alias for alias, name in OPTIMIZER_ALIASES.items() if name == "heavy_ball")
+OPTIMIZERS = ("sgd", _HEAVY_BALL, "nesterov", "adam", "rmsprop")
 SAMPLING = ("subset", "replacement", "shuffle")
 
 Callback = Callable[[int, torch.Tensor], dict[str, Any] | None]
@@ -95,7 +98,7 @@ class TrainResult:
     def final_loss(self) -> float:
         return self.records[-1]["loss"] if self.records else math.nan
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:  # a pandas.DataFrame (pandas ships no types)
         """The records as a tidy pandas DataFrame: one row per recorded step."""
         import pandas as pd
 
@@ -255,7 +258,7 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
         raise ArgumentValueError(f"unknown sampling {config.sampling!r}; choose one of {SAMPLING}")
     if config.batch_size is not None:
         batch_size = config.batch_size
-        if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+        if (isinstance(batch_size, bool) or not is_integral(batch_size)
                 or not 1 <= batch_size <= objective.n):
             raise ArgumentValueError(
                 f"batch_size must be an integer in [1, n={objective.n}] or None (full batch), "
@@ -265,25 +268,25 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
         if not objective.distributed:
             objective.batch(torch.zeros(1, dtype=torch.long))  # clear error for iterable data
     momentum = config.momentum
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not (
+    if isinstance(momentum, bool) or not is_real(momentum) or not (
         0 <= momentum < 1
     ):
         raise ArgumentValueError(f"momentum must lie in [0, 1), got {momentum!r}")
     if (not isinstance(config.betas, tuple | list) or len(config.betas) != 2
-            or any(isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1
+            or any(isinstance(b, bool) or not is_real(b) or not 0 <= b < 1
                    for b in config.betas)):
         raise ArgumentValueError(f"betas must be a pair of numbers in [0, 1), got {config.betas!r}")
     eps = config.eps
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
+    if isinstance(eps, bool) or not is_real(eps) or not (
         math.isfinite(eps) and eps >= 0
     ):
         raise ArgumentValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    config = replace(config, momentum=float(momentum), betas=tuple(float(b) for b in config.betas),
-                     eps=float(eps))
+    config = replace(config, momentum=float(momentum),
+                     betas=(float(config.betas[0]), float(config.betas[1])), eps=float(eps))
     if config.loss_goal is not None:
         config = replace(config, loss_goal=finite_real(config.loss_goal, "loss_goal"))
     goal = config.accuracy_goal
-    if goal is not None and (isinstance(goal, bool) or not isinstance(goal, numbers.Real)
+    if goal is not None and (isinstance(goal, bool) or not is_real(goal)
                              or not 0 < goal <= 1):
         raise ArgumentValueError(f"accuracy_goal must lie in (0, 1], got {goal!r}")
     return config
@@ -292,7 +295,7 @@ def _validated(config: TrainConfig, objective: Objective) -> TrainConfig:
 def _make_optimizer(config: TrainConfig, param: torch.nn.Parameter) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD([param], lr=config.lr)
-    if config.optimizer in ("momentum", "nesterov"):
+    if config.optimizer in (_HEAVY_BALL, "nesterov"):
         return torch.optim.SGD(
             [param], lr=config.lr, momentum=config.momentum,
             nesterov=config.optimizer == "nesterov",
@@ -302,7 +305,8 @@ def _make_optimizer(config: TrainConfig, param: torch.nn.Parameter) -> torch.opt
     return torch.optim.RMSprop([param], lr=config.lr, alpha=config.betas[1], eps=config.eps)
 
 
-def _sampler(config: TrainConfig, n: int, generator: torch.Generator):
+def _sampler(config: TrainConfig, n: int,
+             generator: torch.Generator) -> Callable[[], torch.Tensor | None]:
     """A function returning the next batch's indices (``None`` for the full batch)."""
     B = config.batch_size
     if B is None:
@@ -321,7 +325,8 @@ def _sampler(config: TrainConfig, n: int, generator: torch.Generator):
     return shuffled
 
 
-def _set_gradient(objective: Objective, param: torch.nn.Parameter, sampler) -> float:
+def _set_gradient(objective: Objective, param: torch.nn.Parameter,
+                  sampler: Callable[[], torch.Tensor | None]) -> float:
     indices = sampler()
     if indices is None:
         loss, gradient = objective.loss_and_gradient(param.detach())
@@ -332,10 +337,11 @@ def _set_gradient(objective: Objective, param: torch.nn.Parameter, sampler) -> f
     return float(loss)
 
 
-def _record(objective, theta, start, step, config, classify):
+def _record(objective: Objective, theta: torch.Tensor, start: torch.Tensor, step: int,
+            config: TrainConfig, classify: bool) -> tuple[dict[str, Any], torch.Tensor]:
     """The step's record and the full-data gradient (one pass gives loss and gradient)."""
     loss, gradient = objective.loss_and_gradient(theta)
-    record = {
+    record: dict[str, Any] = {
         "step": step,
         "epoch": _epoch(step, config, objective.n),
         "loss": float(loss),
@@ -364,6 +370,8 @@ def _is_classifier(objective: Objective) -> bool:
     if objective.loss_name == "ce":
         return True
     _, Y = next(iter(objective.chunks()))
+    if not isinstance(Y, torch.Tensor):  # Objective.from_function: no targets to compare with
+        return False
     # One-hot targets: rows of 0s and a single 1. Any other float targets are a regression,
     # whose "accuracy" (argmax agreement) would be meaningless.
     return bool(

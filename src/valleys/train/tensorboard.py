@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from valleys._checks import is_real
 from valleys.errors import ArgumentValueError
 
 __all__ = ["write_tensorboard"]
 
 
-def _summary_writer():
-    try:
+def _summary_writer() -> Any:  # torch.utils.tensorboard.SummaryWriter, imported lazily
+    try:  # tensorboard is an optional dependency (valleys[tensorboard])
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:  # torch raises ImportError when tensorboard is missing
         raise ImportError(
@@ -47,7 +47,7 @@ def write_tensorboard(
             for key, value in record.items():
                 if key == "step" or isinstance(value, bool):
                     continue
-                if isinstance(value, numbers.Real) and math.isfinite(float(value)):
+                if is_real(value) and math.isfinite(float(value)):
                     writer.add_scalar(f"{tag_prefix}{key}", float(value), step)
     finally:
         writer.close()

@@ -1,8 +1,7 @@
 r"""The multiscale structure of loss landscapes: sub-quadratic walls, 2-cycles, separate scales.
 
-**Paper.** Ma, Kunin, Wu & Ying (2022, arXiv 2204.11326), abstract (digest:
-``shared/reference/implicit-bias.md``, paper 4; the paper's figures and numbers were not
-available, so the set-ups below are our operationalization):
+**Paper.** Ma, Kunin, Wu & Ying (2022, arXiv 2204.11326), abstract (the paper's figures and
+numbers were not available to us, so the set-ups below are our operationalization):
 
 * (A) a quadratic approximation of the loss holds only near a minimum; beyond it the loss grows
   *sub-quadratically*, and that is why gradient descent with ``η > 2/λ`` need not diverge: on a

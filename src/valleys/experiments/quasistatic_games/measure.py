@@ -8,7 +8,7 @@ version (quasistatic Langevin gradient descent, inner and outer loops) converges
 simultaneous descent–ascent can cycle, and trains mixtures of GANs. Baselines: Langevin
 descent–ascent and Wasserstein–Fisher–Rao (WFR) descent–ascent (Domingo-Enrich, Jelassi,
 Mensch, Rotskoff & Bruna, NeurIPS 2020, arXiv 2002.06277). The paper's own test problems and
-numbers are not in our reference digest ([NF]); the claims are tested on closed-form games
+numbers were not available to us; the claims are tested on closed-form games
 whose equilibria are derived (:mod:`valleys.games.payoffs`).
 
 **Set-up** (one seed; every random choice comes from it). Every method gets the same step

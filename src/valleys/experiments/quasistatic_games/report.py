@@ -251,7 +251,7 @@ def report(records_by_seed: dict[int, dict[str, Any]], config: Preset,
     lines = _setup(config, seeds)
     lines += ["## Results", "",
               "Numbers are mean [min, max] over seeds. The paper's own toy games, GAN settings "
-              "and numbers are not in our reference digest ([NF]); the closed-form games are "
+              "and numbers were not available to us; the closed-form games are "
               "derived (valleys.games.payoffs), not copied.", ""]
     lines += _closed_form_lines(records_by_seed, config)
     lines += _cycling_lines(records_by_seed)

@@ -1,7 +1,7 @@
 r"""SGD vs Adam at equal training loss: noise tails, escape times and the minima found.
 
 **Claim** (Zhou, Feng, Ma, Xiong, Hoi & E, NeurIPS 2020, arXiv 2010.05627; only the abstract was
-available, see ``shared/reference/implicit-bias.md``, paper 3): the gradient noise of SGD and
+available to us): the gradient noise of SGD and
 Adam is heavy-tailed (α-stable, α < 2); Adam's exponential averaging makes its effective noise
 lighter-tailed (``α_SGD < α_Adam``); the time to escape a basin falls with heavier tails, as
 ``ε^{−α}`` in the noise scale, and grows with the basin's Radon measure (its width), so SGD

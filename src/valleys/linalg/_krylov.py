@@ -1,0 +1,192 @@
+"""The one Lanczos step of the package: a Krylov basis with full reorthogonalization, in the
+Euclidean inner product or in ``⟨x, y⟩_M = xᵀMy`` for a symmetric positive semidefinite ``M``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from valleys.errors import ArgumentValueError
+from valleys.linalg._certify import _BREAKDOWN, _apply, _work_dtype
+from valleys.operators._base import LinearOperator, _ProductOperator
+
+__all__: list[str] = []
+
+
+class _Lanczos:
+    """A Lanczos basis with full reorthogonalization.
+
+    Holds the basis ``Q`` (``p x (ncv + 1)``, on the operator's device in at least float32; the
+    extra column is the next Lanczos vector) and the projected matrix ``T = Qᵀ A Q`` (float64,
+    host). Each step applies ``A`` once and orthogonalizes against the whole basis with
+    classical Gram-Schmidt done twice (Kahan's "twice is enough", B. N. Parlett, The Symmetric
+    Eigenvalue Problem, 1980, §6.9), recording the Gram-Schmidt coefficients as the new column
+    of ``T``. In exact arithmetic that column is tridiagonal (arrow-shaped after a thick
+    restart); recording all of it keeps ``T`` the exact Rayleigh quotient either way, so
+    ``A Q_m = Q_m T_m + β q_{m+1} e_mᵀ`` holds to rounding.
+
+    With an inner product ``M`` (``inner``) the operator must be self-adjoint in it
+    (``MA = AᵀM``). The basis is then ``M``-orthonormal, ``QᵀMQ = I``; the products ``MQ`` are
+    kept beside it, the coefficients are ``h = (MQ)ᵀ A q``, ``T = QᵀMAQ`` and ``β`` is the
+    ``M``-norm of the leftover, one product with ``M`` per step (Parlett 1980, ch. 15). When
+    ``M`` is singular this is Lanczos on the quotient by ``null(M)`` (which ``A`` maps into
+    itself), where ``⟨·,·⟩_M`` is an inner product; the Ritz values are those of ``A`` there.
+    ``‖A q‖_M`` needs no product: ``A q = Q h + w`` with ``w ⊥_M Q`` gives
+    ``‖A q‖_M² = ‖h‖² + β²``. An operator ``B @ inner`` (a product whose right factor is this
+    very ``M``) is applied as ``B (M q)`` with the kept ``M q``, so ``A`` costs no product with
+    ``M``.
+
+    ``purge`` (inner product only) starts, and continues after a breakdown, from ``A u`` rather
+    than a random ``u``: a start vector's components in ``null(A)`` (for ``A = BM`` all of
+    ``null(M)``) never leave the Krylov space, and where ``M`` is singular its rounding gives
+    them an ``M``-norm of order ``sqrt(eps ‖M‖)`` that floors every residual at that relative
+    level. Starting in ``range(A)`` purges them (B. Nour-Omid, B. N. Parlett, T. Ericsson and
+    P. S. Jensen, "How to implement the spectral transformation", Math. Comp. 48, 1987).
+    """
+
+    def __init__(self, op: LinearOperator, ncv: int, start: torch.Tensor, gen: torch.Generator,
+                 inner: LinearOperator | None = None, purge: bool = False) -> None:
+        self.op, self.gen, self.inner = op, gen, inner
+        self.work = _work_dtype(op.dtype)
+        self.Q = torch.zeros(op.size, ncv + 1, dtype=self.work, device=op.device)
+        self.T = torch.zeros(ncv, ncv, dtype=torch.float64)
+        self.m = 0  # basis vectors already multiplied by A (T is m x m)
+        self.beta = 0.0  # norm of the residual A q_m - Q_m T[:, m]: the scale of Ritz residuals
+        self.anorm = 0.0  # running max of ‖A q‖, a lower estimate of ‖A‖
+        self.matvecs = 0
+        self.inner_matvecs = 0
+        self.exhausted = False  # the basis spans the whole range of M (only with inner)
+        self.eps = torch.finfo(self.work).eps
+        start = start.to(self.work)
+        if inner is None:
+            self.MQ = None
+            self.factor = None
+            self.Q[:, 0] = start / torch.linalg.vector_norm(start)
+            return
+        self.MQ = torch.zeros_like(self.Q)
+        self.factor = op.a if isinstance(op, _ProductOperator) and op.b is inner else None
+        self.purge = purge
+        start, ms, norm = self._purged(start)
+        if not norm > 0:
+            raise ArgumentValueError(
+                "the start vector has zero M-norm (it lies in the null space of inner; for a "
+                "random start, inner is zero): there is nothing to iterate on")
+        self.Q[:, 0], self.MQ[:, 0] = start / norm, ms / norm
+
+    @property
+    def complete(self) -> bool:
+        """The basis spans the whole space (``T`` is similar to ``A`` there): Ritz pairs exact."""
+        return self.m == self.op.size or self.exhausted
+
+    def _times_inner(self, v: torch.Tensor) -> torch.Tensor:
+        if self.inner is None:  # only the M-inner-product iteration takes M-norms
+            raise RuntimeError("this Lanczos iteration has no inner product")
+        self.inner_matvecs += 1
+        return _apply(self.inner, v)
+
+    def _m_norm(self, v: torch.Tensor) -> tuple[torch.Tensor, float]:
+        mv = self._times_inner(v)
+        return mv, math.sqrt(max(float(v @ mv), 0.0))
+
+    def _purged(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(v, M v, ‖v‖_M)`` for ``v = A u`` (``purge``; ``u`` itself when ``A u`` has no
+        ``M``-norm, as for ``A = 0``) or ``v = u``."""
+        mu, norm = self._m_norm(u)
+        if not self.purge:
+            return u, mu, norm
+        au = _apply(self.op, u) if self.factor is None else _apply(self.factor, mu)
+        self.matvecs += 1
+        mau, anorm = self._m_norm(au)
+        return (au, mau, anorm) if anorm > 0 else (u, mu, norm)
+
+    def step(self) -> bool:
+        """Extend the basis by one vector; return True on breakdown (invariant subspace)."""
+        m = self.m
+        basis = self.Q[:, : m + 1]
+        dual = basis if self.MQ is None else self.MQ[:, : m + 1]  # coefficients: dualᵀ x
+        if self.factor is None or self.MQ is None:  # factor is set only with MQ (inner)
+            aq = _apply(self.op, self.Q[:, m])
+        else:  # A q = B (M q) with the kept M q
+            aq = _apply(self.factor, self.MQ[:, m])
+        self.matvecs += 1
+        h = dual.T @ aq
+        # Out of place first: the operator's output may alias its internal state.
+        w = aq - basis @ h
+        h2 = dual.T @ w
+        w -= basis @ h2
+        h += h2
+        if self.MQ is None:
+            # One device-to-host transfer per step: the new column of T and the two norms.
+            norms = torch.stack([torch.linalg.vector_norm(w), torch.linalg.vector_norm(aq)])
+            host = torch.cat([h, norms]).double().cpu()
+            col, (beta, aq_norm) = host[: m + 1], host[m + 1 :].tolist()
+        else:
+            mw = self._times_inner(w)
+            host = torch.cat([h, (w @ mw).reshape(1)]).double().cpu()
+            col = host[: m + 1]
+            beta = math.sqrt(max(float(host[m + 1]), 0.0))
+            aq_norm = math.sqrt(float(col.square().sum()) + beta * beta)
+        self.T[: m + 1, m] = col
+        self.T[m, : m + 1] = col
+        self.m = m + 1
+        self.anorm = max(self.anorm, aq_norm)
+        # beta stays the true leftover norm even on breakdown, so residual estimates stay honest.
+        self.beta = beta
+        if self.m == self.op.size or beta <= _BREAKDOWN * self.eps * self.anorm:
+            return True
+        self.Q[:, self.m] = w / beta
+        if self.MQ is not None:
+            self.MQ[:, self.m] = mw / beta
+        return False
+
+    def inject(self) -> None:
+        """After a breakdown, continue from a random vector orthogonal to the basis.
+
+        With an inner product, a vector whose ``M``-norm is all but gone after the projection
+        (below ``sqrt(100 eps)`` of the random vector's) means the basis spans the range of
+        ``M``: the basis is ``exhausted`` and the Ritz pairs are exact.
+        """
+        basis = self.Q[:, : self.m]
+        r = torch.randn(self.op.size, generator=self.gen, dtype=self.work, device=self.op.device)
+        if self.MQ is None:
+            for _ in range(2):
+                r -= basis @ (basis.T @ r)
+            self.Q[:, self.m] = r / torch.linalg.vector_norm(r)
+            return
+        r, _, before = self._purged(r)
+        dual = self.MQ[:, : self.m]
+        for _ in range(2):
+            r -= basis @ (dual.T @ r)
+        mr, norm = self._m_norm(r)
+        if norm <= math.sqrt(_BREAKDOWN * self.eps) * before:
+            self.exhausted = True
+            return
+        self.Q[:, self.m], self.MQ[:, self.m] = r / norm, mr / norm
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ritz values (ascending) and the eigenvectors ``S`` of ``T_m`` (float64, host)."""
+        return torch.linalg.eigh(self.T[: self.m, : self.m])
+
+    def vectors(self, S: torch.Tensor) -> torch.Tensor:
+        """Ritz vectors ``Q_m S`` in the basis dtype, on the operator's device."""
+        return self.Q[:, : self.m] @ S.to(dtype=self.work, device=self.op.device)
+
+    def restart(self, theta: torch.Tensor, S: torch.Tensor, keep: torch.Tensor) -> None:
+        """Thick restart (Wu & Simon 2000): keep the Ritz pairs ``keep`` and the next vector.
+
+        The kept Ritz vectors and ``q_{m+1}`` span a Krylov space again, so the Lanczos steps
+        continue unchanged; the next step's Gram-Schmidt coefficients fill in the arrow-shaped
+        coupling ``β s_{m,i}`` between the Ritz vectors and the new vector.
+        """
+        ell = keep.numel()
+        Y = self.vectors(S[:, keep])
+        if self.MQ is not None:  # M Y from the kept products, by linearity
+            MY = self.MQ[:, : self.m] @ S[:, keep].to(dtype=self.work, device=self.op.device)
+            self.MQ[:, ell] = self.MQ[:, self.m]
+            self.MQ[:, :ell] = MY
+        self.Q[:, ell] = self.Q[:, self.m]
+        self.Q[:, :ell] = Y
+        self.T.zero_()
+        self.T[:ell, :ell] = torch.diag(theta[keep])
+        self.m = ell
