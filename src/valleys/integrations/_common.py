@@ -49,7 +49,7 @@ from valleys.train.callbacks import (
     optimizer_preconditioner,
 )
 
-__all__ = ["SharpnessMonitor", "stability_threshold", "unwrap_optimizer"]
+__all__ = ["MonitorViews", "SharpnessMonitor", "stability_threshold", "unwrap_optimizer"]
 
 LossFunction = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -388,6 +388,32 @@ class SharpnessMonitor:
         record["hvps"] = float(hvps)
         record["hvps_total"] = float(self.hvps)
         return record
+
+
+class MonitorViews:
+    """What every framework callback exposes, read from its :class:`SharpnessMonitor`."""
+
+    monitor: SharpnessMonitor
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per evaluation: ``step`` and the metrics without prefix."""
+        return self.monitor.history
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Wall-clock seconds spent in the callback's evaluations."""
+        return self.monitor.overhead_seconds
+
+    @property
+    def overhead_fraction(self) -> float:
+        """:attr:`overhead_seconds` over the wall-clock time since training started."""
+        return self.monitor.overhead_fraction
+
+    @property
+    def hvps(self) -> int:
+        """Hessian-vector products used by all evaluations."""
+        return self.monitor.hvps
 
 
 def _rng_state() -> tuple:

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from valleys.errors import ArgumentTypeError, ArgumentValueError
-from valleys.integrations._common import SharpnessMonitor
+from valleys.integrations._common import MonitorViews, SharpnessMonitor
 from valleys.objective import Objective
 
 __all__ = ["SharpnessCallback", "causal_lm_losses", "classification_losses", "token_losses"]
@@ -88,7 +88,7 @@ def _objective(model: nn.Module, name: str, batch: Any, select: Callable[[str], 
     return Objective.from_function(model, _LOSSES[name][0], [batch], params=select)
 
 
-class SharpnessCallback(TrainerCallback):
+class SharpnessCallback(MonitorViews, TrainerCallback):
     r"""Log the sharpness ``λ_1(∇²L)``, the top ``k`` Hessian eigenvalues, the preconditioned
     sharpness ``λ_1(P⁻¹H)`` (AdamW, the Trainer's default, and the other adaptive optimizers)
     and the ratio to the stability threshold every ``every_n_steps`` optimizer steps.
@@ -182,25 +182,6 @@ class SharpnessCallback(TrainerCallback):
             raise ArgumentTypeError(f"set_trainer needs a transformers.Trainer, got {trainer!r}")
         self._trainer = trainer
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation: ``step`` and the metrics without prefix."""
-        return self.monitor.history
-
-    @property
-    def overhead_seconds(self) -> float:
-        """Wall-clock seconds spent in the callback's evaluations."""
-        return self.monitor.overhead_seconds
-
-    @property
-    def overhead_fraction(self) -> float:
-        """:attr:`overhead_seconds` over the wall-clock time since training began."""
-        return self.monitor.overhead_fraction
-
-    @property
-    def hvps(self) -> int:
-        """Hessian-vector products used by all evaluations."""
-        return self.monitor.hvps
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.monitor.start()

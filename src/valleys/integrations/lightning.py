@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from valleys.integrations._common import SharpnessMonitor
+from valleys.integrations._common import MonitorViews, SharpnessMonitor
 from valleys.objective import Objective
 
 __all__ = ["SharpnessCallback"]
@@ -32,7 +32,7 @@ def _objective(model: nn.Module, name: str, batch: Any, select: Callable[[str], 
     return Objective(model, name, (batch[0], batch[1]), params=select)
 
 
-class SharpnessCallback(Callback):
+class SharpnessCallback(MonitorViews, Callback):
     r"""Log the sharpness ``λ_1(∇²L)``, the top ``k`` Hessian eigenvalues, the preconditioned
     sharpness ``λ_1(P⁻¹H)`` (adaptive optimizers) and the ratio to the stability threshold
     every ``every_n_steps`` optimizer steps.
@@ -110,25 +110,6 @@ class SharpnessCallback(Callback):
             data, loss, every_n_steps=every_n_steps, k=k, tol=tol, seed=seed, prefix=prefix,
             max_matvecs=max_matvecs, loss_from_name=_objective, names=_NAMES, pair=True)
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per evaluation: ``step`` and the metrics without prefix."""
-        return self.monitor.history
-
-    @property
-    def overhead_seconds(self) -> float:
-        """Wall-clock seconds spent in the callback's evaluations."""
-        return self.monitor.overhead_seconds
-
-    @property
-    def overhead_fraction(self) -> float:
-        """:attr:`overhead_seconds` over the wall-clock time since training started."""
-        return self.monitor.overhead_fraction
-
-    @property
-    def hvps(self) -> int:
-        """Hessian-vector products used by all evaluations."""
-        return self.monitor.hvps
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.monitor.start()
