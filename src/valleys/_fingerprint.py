@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from valleys.errors import ArgumentValueError
+
 __all__ = [
     "CHECKSUM_TERMS",
     "DTYPE_CODES",
     "check_batch_size",
+    "check_handshake",
     "check_pass",
     "checksum",
     "first_pass_checksum",
@@ -121,3 +124,41 @@ def _data_changed(index: int, what: str) -> ValueError:
         "transforms), pass the data as tensors (X, Y), or materialize the batches once: "
         "data = list(loader)"
     )
+
+
+def check_handshake(gathered: torch.Tensor, failure: Exception | None,
+                    ) -> tuple[list[int], list[int]]:
+    """Check the rows all-gathered when a sharded objective is built: one per rank, holding
+    (failed, shard size, chunks, dim, dtype code, θ fingerprint). Raises this rank's own
+    ``failure`` first, then the same error on every rank; returns the shard sizes and chunks."""
+    world_size = gathered.shape[0]
+    failed = [r for r in range(world_size) if gathered[r, 0] != 0]
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RuntimeError(
+            f"building the distributed Objective failed on rank(s) {failed} (their own "
+            "errors say why); this rank stops too"
+        )
+    sizes = [int(v) for v in gathered[:, 1]]
+    empty = [r for r, size in enumerate(sizes) if size == 0]
+    if empty:
+        raise ArgumentValueError(
+            f"the data shard of rank(s) {empty} is empty (shard sizes {sizes}); give every "
+            "rank at least one sample, e.g. with valleys.distributed.shard(X, Y)"
+        )
+    layouts = {tuple(row.tolist()) for row in gathered[:, 3:5]}
+    if len(layouts) > 1:
+        raise ArgumentValueError(
+            "the ranks' models differ in parameter count or dtype (dim, dtype code per rank: "
+            f"{gathered[:, 3:5].tolist()}); build the same model on every rank"
+        )
+    fingerprints = gathered[:, 5]
+    spread = float((fingerprints - fingerprints[0]).abs().max())
+    if spread > 1e-6 * (float(fingerprints.abs().max()) + 1e-12):
+        raise ArgumentValueError(
+            "the model's parameters differ across ranks; copy rank 0's with "
+            "valleys.distributed.broadcast_parameters(model) (DistributedDataParallel does "
+            "this when it wraps the model) or seed the model's construction identically"
+        )
+    return sizes, [int(v) for v in gathered[:, 2]]

@@ -29,6 +29,7 @@ from valleys._attention import math_attention, needs_math_attention
 from valleys._fingerprint import (
     DTYPE_CODES,
     check_batch_size,
+    check_handshake,
     check_pass,
     checksum,
     first_pass_checksum,
@@ -232,37 +233,9 @@ class Objective:
                  float(theta @ probe)], dtype=torch.float64,
             )
         gathered = vdist.all_gather_rows(info)
-        failed = [r for r in range(self.world_size) if gathered[r, 0] != 0]
-        if failure is not None:
-            raise failure
-        if failed:
-            raise RuntimeError(
-                f"building the distributed Objective failed on rank(s) {failed} (their own "
-                "errors say why); this rank stops too"
-            )
-        sizes = [int(v) for v in gathered[:, 1]]
-        empty = [r for r, size in enumerate(sizes) if size == 0]
-        if empty:
-            raise ArgumentValueError(
-                f"the data shard of rank(s) {empty} is empty (shard sizes {sizes}); give every "
-                "rank at least one sample, e.g. with valleys.distributed.shard(X, Y)"
-            )
-        layouts = {tuple(row.tolist()) for row in gathered[:, 3:5]}
-        if len(layouts) > 1:
-            raise ArgumentValueError(
-                "the ranks' models differ in parameter count or dtype (dim, dtype code per rank: "
-                f"{gathered[:, 3:5].tolist()}); build the same model on every rank"
-            )
-        fingerprints = gathered[:, 5]
-        spread = float((fingerprints - fingerprints[0]).abs().max())
-        if spread > 1e-6 * (float(fingerprints.abs().max()) + 1e-12):
-            raise ArgumentValueError(
-                "the model's parameters differ across ranks; copy rank 0's with "
-                "valleys.distributed.broadcast_parameters(model) (DistributedDataParallel does "
-                "this when it wraps the model) or seed the model's construction identically"
-            )
+        sizes, chunks = check_handshake(gathered, failure)
         self.shard_sizes = tuple(sizes)
-        self.shard_chunks = tuple(int(v) for v in gathered[:, 2])
+        self.shard_chunks = tuple(chunks)
         self.shard_start = sum(sizes[: self.rank])
         self._local_n = self.n
         self.n = sum(sizes)
