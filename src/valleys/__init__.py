@@ -5,6 +5,8 @@ curvature matrices as :class:`LinearOperator` objects, and pure-function solvers
 spectra off them.
 """
 
+import importlib
+
 from valleys import data as data
 from valleys import distributed as distributed
 from valleys import games as games
@@ -90,3 +92,13 @@ __all__ = [
 # ones visible to static type checkers.
 globals().update({name: curvature.factory for name, curvature in _CURVATURES.items()})
 __all__ += sorted(set(_CURVATURES) - set(__all__))
+
+# Subpackages imported on first use (PEP 562): valleys.signals needs scipy.optimize and
+# valleys.integrations the training frameworks, which `import valleys` should not pay for.
+_LAZY_SUBPACKAGES = ("integrations", "sciml", "signals", "theory")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"valleys.{name}")
+    raise AttributeError(f"module 'valleys' has no attribute {name!r}")
