@@ -250,3 +250,22 @@ def test_bad_inputs_raise_clearly(sparse):
         signals.matrix_sensing_problem(4, 1, 10).gradient_descent(0.1, lr=0.1, steps=1, width=5)
     with pytest.raises(NotConvergedError):  # y outside the range of X: no interpolant
         signals.diagonal_net_limit(np.ones((2, 3)), np.array([1.0, 2.0]), 0.1)
+
+
+def test_matrix_completion_from_small_init_recovers_the_low_rank_target():
+    problem = signals.matrix_completion_problem(12, 1, 60, seed=0)
+    # Every measurement reads one entry of the target.
+    entries = torch.einsum("mij,ij->m", problem.A, problem.X_star)
+    torch.testing.assert_close(entries, problem.y, rtol=0, atol=1e-15)
+    U = 0.3 * torch.randn(12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    obj = problem.objective(U)
+    torch.testing.assert_close(obj.gradient().reshape(12, 12),
+                               signals.bm_gradient(problem.A, problem.y, U), rtol=1e-12,
+                               atol=1e-14)
+    result = problem.gradient_descent(1e-4, lr=2.0, steps=6000)
+    assert result.rank == 1 and result.relative_error < 1e-2, result
+
+
+def test_matrix_completion_refuses_more_entries_than_exist():
+    with pytest.raises(ValueError, match="distinct entries"):
+        signals.matrix_completion_problem(3, 1, 7)

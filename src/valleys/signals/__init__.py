@@ -3,9 +3,9 @@
 * Phase retrieval (Candès, Li & Soltanolkotabi 2015; Chen & Candès 2017):
   :func:`phase_retrieval_problem`, :func:`wirtinger_flow`, :func:`truncated_wirtinger_flow`,
   :func:`spectral_init`, :func:`wf_gradient`, :func:`phase_distance`.
-* Low-rank matrix sensing with ``X = UUᵀ`` from small initialisation (Gunasekar et al. 2017;
-  Li, Ma & Zhang 2018): :func:`matrix_sensing_problem`, :func:`bm_gradient`,
-  :func:`numerical_rank`.
+* Low-rank matrix sensing and completion with ``X = UUᵀ`` from small initialisation (Gunasekar
+  et al. 2017; Li, Ma & Zhang 2018): :func:`matrix_sensing_problem`,
+  :func:`matrix_completion_problem`, :func:`bm_gradient`, :func:`numerical_rank`.
 * Diagonal linear networks ``w = u⊙u − v⊙v`` (Woodworth et al. 2020; Pesme et al. 2021; Even
   et al. 2023): :func:`sparse_regression_problem`, :func:`diagonal_net_limit` (the closed-form
   implicit bias), :func:`hypentropy`, :func:`min_l1_interpolant`, :func:`min_l2_interpolant`.
@@ -27,6 +27,7 @@ from valleys.signals._diagonal import sparse_regression_problem as sparse_regres
 from valleys.signals._matrix import BurerMonteiroResult as BurerMonteiroResult
 from valleys.signals._matrix import MatrixSensing as MatrixSensing
 from valleys.signals._matrix import bm_gradient as bm_gradient
+from valleys.signals._matrix import matrix_completion_problem as matrix_completion_problem
 from valleys.signals._matrix import matrix_sensing_problem as matrix_sensing_problem
 from valleys.signals._matrix import numerical_rank as numerical_rank
 from valleys.signals._phase import PhaseRetrieval as PhaseRetrieval
@@ -60,6 +61,7 @@ __all__ = [
     "divergence",
     "gradient_2d",
     "hypentropy",
+    "matrix_completion_problem",
     "matrix_sensing_problem",
     "min_l1_interpolant",
     "min_l2_interpolant",

@@ -1,4 +1,4 @@
-"""Low-rank matrix sensing with the Burer–Monteiro factorisation ``X = UUᵀ``."""
+"""Low-rank matrix sensing and completion with the Burer–Monteiro factorisation ``X = UUᵀ``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ __all__ = [
     "BurerMonteiroResult",
     "MatrixSensing",
     "bm_gradient",
+    "matrix_completion_problem",
     "matrix_sensing_problem",
     "numerical_rank",
 ]
@@ -167,3 +168,34 @@ def matrix_sensing_problem(d: int, rank: int, m: int, *, seed: int = 0,
     y = torch.einsum("mij,ij->m", A, X)
     return MatrixSensing(A.to(device, dtype), y.to(device, dtype), X.to(device, dtype), rank)
 
+
+
+def matrix_completion_problem(d: int, rank: int, m: int, *, seed: int = 0,
+                              dtype: torch.dtype = torch.float64,
+                              device: str | torch.device = "cpu") -> MatrixSensing:
+    """Matrix completion as sensing: ``m`` entries ``(i, j)``, ``i ≤ j``, of the same PSD
+    rank-``rank`` target as :func:`matrix_sensing_problem`, drawn uniformly without replacement,
+    observed through ``A_k = (e_i e_jᵀ + e_j e_iᵀ)/2`` (so ``⟨A_k, X⟩ = X_ij`` for symmetric
+    ``X``). Burer–Monteiro GD then fits the observed entries only (Gunasekar et al. 2017 study
+    completion from small initialization); recovery needs enough entries of an incoherent
+    target (a random frame is incoherent with high probability)."""
+    d = integer(d, "d", minimum=1)
+    rank = integer(rank, "rank", minimum=1)
+    pairs = d * (d + 1) // 2
+    m = integer(m, "m", minimum=1, hint="the number of observed entries must be positive")
+    if m > pairs:
+        raise ArgumentValueError(
+            f"m = {m} observed entries exceed the {pairs} distinct entries (i <= j) of a "
+            f"symmetric {d} x {d} matrix")
+    target = matrix_sensing_problem(d, rank, 1, seed=seed).X_star  # same law of targets
+    g = torch.Generator(device="cpu").manual_seed(seed_value(seed) + 1)
+    rows, cols = torch.triu_indices(d, d)
+    chosen = torch.randperm(pairs, generator=g)[:m]
+    i, j = rows[chosen], cols[chosen]
+    A = torch.zeros(m, d, d, dtype=torch.float64)
+    k = torch.arange(m)
+    A[k, i, j] += 0.5
+    A[k, j, i] += 0.5
+    y = target[i, j]
+    return MatrixSensing(A.to(device, dtype), y.to(device, dtype), target.to(device, dtype),
+                         rank)
