@@ -29,7 +29,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 # Cheapest first, so a broken setup shows up early.
 BENCHMARKS = (
     "hvp_cost", "eigenvalues", "nonuniformity", "memory", "sharpness_tracking", "meanfield",
-    "distributed", "games", "noise",
+    "distributed", "games", "noise", "scaling",
 )
 
 
