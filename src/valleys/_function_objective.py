@@ -100,8 +100,11 @@ class FunctionObjective(Objective):
     def _count_and_check(self) -> int:
         theta = self.parameters_vector()
         self._prints, self._counts = [], []
-        for index, batch in enumerate(self._batch_source()):
-            batch = self._to_device(batch)
+        for index, raw in enumerate(self._batch_source()):
+            # Fingerprints are taken where the data lives, as on every later pass (a float64 sum
+            # on another device may round differently).
+            self._prints.append(_fingerprint(raw))
+            batch = self._to_device(raw)
             with torch.no_grad():
                 if index == 0:
                     self._detect_fused_attention(partial(self.chunk_losses, theta, batch))
@@ -116,7 +119,6 @@ class FunctionObjective(Objective):
                             "fn(model, batch) gives different losses for the same batch and "
                             "parameters (dropout active?), so the curvature would be random; "
                             "make it deterministic or pass allow_train_mode=True")
-            self._prints.append(_fingerprint(batch))
             self._counts.append(losses.numel())
         self._num_chunks = len(self._counts)
         n = sum(self._counts)
