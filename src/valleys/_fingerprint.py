@@ -115,8 +115,8 @@ def _first_mismatch(seen: torch.Tensor, reference: torch.Tensor) -> int | None:
     return int(bad[0]) if bad.numel() else None
 
 
-def _data_changed(index: int, what: str) -> ValueError:
-    return ValueError(
+def _data_changed(index: int, what: str) -> ArgumentValueError:
+    return ArgumentValueError(
         f"the data changed between passes: batch {index} {what}. The objective passes over "
         "the data many times (every loss, gradient and curvature product) and each pass must "
         "yield the same batches in the same order, or results are silently wrong. Turn off "

@@ -46,8 +46,8 @@ _RESERVED = {"name", "title", "paper", "preset", "config", "seeds", "device", "c
 
 
 def _seeds(seeds: Sequence[int] | None, default: Sequence[int]) -> list[int]:
-    bad = TypeError(f"seeds must be a list of non-negative integers such as [0, 1, 2], got "
-                    f"{seeds!r}")
+    bad = ArgumentTypeError(f"seeds must be a list of non-negative integers such as [0, 1, 2], "
+                            f"got {seeds!r}")
     if seeds is not None and (isinstance(seeds, str | bytes) or not isinstance(seeds, Iterable)):
         raise bad
     try:

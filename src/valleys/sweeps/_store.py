@@ -113,12 +113,13 @@ class ResultsStore:
                 time.sleep(random.uniform(0.05, 0.2) * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _damaged(self, exc: sqlite3.DatabaseError) -> ValueError:
+    def _damaged(self, exc: sqlite3.DatabaseError) -> ArgumentValueError:
         """The error for a file that is not a usable store; the file is never touched."""
         if self.path.is_dir():
-            return ValueError(f"results store {str(self.path)!r} is a folder; give a file path "
-                              "such as runs.sqlite")
-        return ValueError(
+            return ArgumentValueError(
+                f"results store {str(self.path)!r} is a folder; give a file path such as "
+                "runs.sqlite")
+        return ArgumentValueError(
             f"results store {str(self.path)!r} is damaged or not a valleys results store "
             f"(sqlite: {exc}). It was left as it is: move it away to start afresh, or try "
             f"`sqlite3 {self.path} .recover` to salvage its rows"
