@@ -3,7 +3,7 @@
 # GPU benchmark. Run from the repository root on a machine with one or more CUDA GPUs:
 #
 #   OUT=/tmp/valleys-gpu bash benchmarks/device_check.sh            # all checks
-#   STEPS="nccl" OUT=/tmp/valleys-gpu bash benchmarks/device_check.sh  # some of tests nccl bench
+#   STEPS="nccl" OUT=/tmp/valleys-gpu bash benchmarks/device_check.sh  # some of tests nccl bench gpt
 #
 # Python packages valleys needs that the machine lacks can come as wheels in .whl/ (installed
 # with --no-deps into /tmp/site); the package itself is used from src/ without installing.
@@ -20,7 +20,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 VALLEYS_CACHE_DIR=/tmp/vcache
 failed=0
-want() { [[ " ${STEPS:-tests nccl bench} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-tests nccl bench gpt} " == *" $1 "* ]]; }
 step() {  # step NAME LIMIT_S COMMAND...: run, log to $OUT/NAME.txt, count failures
     local name=$1 limit=$2
     shift 2
@@ -74,5 +74,11 @@ fi
 
 # 3. Timings on the GPU against PyHessian and curvlinops on the same device.
 want bench && step bench_gpu 200 "$PY" benchmarks/bench_gpu.py --device cuda --out "$OUT"
+
+# 4. Sharpness of a GPT at GPT-2 small's size (TinyGPT, 124 M parameters, 8 x 256 tokens) on the
+#    GPU: valleys against PyHessian (time, torch.cuda.max_memory_allocated, HVPs, error against a
+#    tol=1e-4 reference), and valleys.memory_estimate's prediction against the measured peak.
+want gpt && step bench_gpt_memory 480 "$PY" benchmarks/bench_gpt_memory.py --size large \
+    --device cuda --repeats 1 --out "$OUT"
 echo "failed steps: $failed"
 exit "$failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -359,3 +360,81 @@ def test_smallest_and_both_ends_of_an_indefinite_hessian():
                                                        dtype=torch.float64),
                                        k=3, which="both", tol=1e-8)[0]
     torch.testing.assert_close(block.values, expected[:3], rtol=1e-6, atol=1e-8)
+
+
+@functools.cache
+def _network_problem(loss: str, dtype: torch.dtype):
+    """A small tanh MLP on fixed data after some gradient descent, with its dense float64
+    Hessian's eigenvalues; the objective evaluates the model in ``dtype``."""
+    import copy
+
+    from _oracles import dense_hessian
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 5, generator=g, dtype=torch.float64)
+    Y = torch.randint(0, 3, (64,), generator=g) if loss == "ce" else \
+        torch.randn(64, 3, generator=g, dtype=torch.float64)
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
+    obj = valleys.Objective(model.double(), loss, (X, Y))
+    theta = obj.parameters_vector()
+    for _ in range(200):  # towards a minimum, where the top of the spectrum stands out
+        theta = theta - 0.5 * obj.gradient(theta)
+    obj.set_parameters(theta)
+    truth = torch.linalg.eigvalsh(
+        dense_hessian(lambda t: obj.chunk_losses(t, X, Y).mean(), theta))
+    if dtype == torch.float64:
+        return obj, truth
+    data = (X.to(dtype), Y if loss == "ce" else Y.to(dtype))
+    return valleys.Objective(copy.deepcopy(model).to(dtype), loss, data), truth
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("accuracy", ["value", "residual"])
+def test_error_bounds_on_networks_contain_the_error_and_are_not_loose(loss, dtype, accuracy):
+    """Issue #18: on networks with a dense float64 truth, every bound contains the error, and
+    exceeds it by at most 100x (the error floored at what the products resolve: their noise
+    and the rounding of the basis)."""
+    obj, truth = _network_problem(loss, dtype)
+    H = valleys.hessian(obj)
+    eps = torch.finfo(dtype).eps
+    for k, tol, seed in [(1, 1e-3, 0), (1, 1e-5, 1), (3, 1e-4, 2), (3, 1e-6, 3)]:
+        if tol < 100 * eps:
+            continue
+        res = eigsh(H, k=k, tol=tol, accuracy=accuracy, seed=seed)
+        assert res.converged, res.message
+        err = (res.values.double()[:, None] - truth[None, :]).abs().min(dim=1).values
+        bounds = res.error_bounds.double()
+        floor = res.noise + 10 * eps * float(truth.abs().max())
+        assert bool((err <= bounds).all()), (k, tol, err, bounds)
+        assert bool((bounds <= 100 * err.clamp(min=floor)).all()), (k, tol, err, bounds, floor)
+
+
+def test_value_accuracy_stops_earlier_than_the_residual_at_equal_tol():
+    """On a separated spectrum the Kato–Temple bound reaches tol in fewer products than the
+    residual, and both answers are within their bounds of the truth."""
+    A = sym_matrix(SEPARATED)
+    truth = torch.linalg.eigvalsh(A).flip(0)
+    value = eigsh(DenseOperator(A), k=3, tol=1e-6, accuracy="value", seed=0)
+    residual = eigsh(DenseOperator(A), k=3, tol=1e-6, accuracy="residual", seed=0)
+    assert value.matvecs < residual.matvecs
+    for res in (value, residual):
+        assert bool(((res.values - truth[:3]).abs() <= res.error_bounds).all())
+    assert bool((value.error_bounds <= 1e-6 * truth[:3]).all())
+    assert bool((value.error_bounds < value.residuals).all())  # the gap was established
+
+
+def test_basis_device_and_its_memory_are_reported():
+    """The basis can live on another device (here the same CPU, named): same numbers, and the
+    record reports the (ncv + 1) · p entries it held; bad devices are refused."""
+    A = sym_matrix(SEPARATED)
+    here = eigsh(DenseOperator(A), k=2, tol=1e-6, seed=0, ncv=12)
+    there = eigsh(DenseOperator(A), k=2, tol=1e-6, seed=0, ncv=12, basis_device="cpu")
+    assert torch.equal(here.values, there.values) and there.vectors.device == A.device
+    assert here.basis_bytes == there.basis_bytes == 13 * A.shape[0] * A.element_size()
+    assert there.basis_device == "cpu" and here.basis_device is None
+    with pytest.raises(ValueError, match="basis_device"):
+        eigsh(DenseOperator(A), k=1, basis_device="not-a-device")
+    with pytest.raises(TypeError, match="basis_device"):
+        eigsh(DenseOperator(A), k=1, basis_device=3)

@@ -9,12 +9,18 @@ import torch
 from conftest import DenseOracle, input_dim, make_data, make_model
 
 from valleys import Objective
+from valleys.models import SmallCNN
 from valleys.noise import (
     batch_indices,
     hessian_alignment,
+    iter_minibatch_gradients,
+    minibatch_coordinates,
+    minibatch_covariance_product,
     minibatch_gradients,
     minibatch_gradients_loop,
     minibatch_noise,
+    minibatch_projections,
+    minibatch_squared_norms,
     noise_covariance,
     noise_factor,
     noise_statistics,
@@ -64,6 +70,12 @@ def test_models_outside_the_linear_layers_path_fall_back_or_explain(kind):
     else:
         with pytest.raises(ValueError, match=r"does not apply.*per-sample"):
             minibatch_gradients(obj, idx, method="linear-layers")
+    if kind == "cnn":  # Conv2d + Linear: the layer-factors path applies
+        torch.testing.assert_close(minibatch_gradients(obj, idx, method="layer-factors"), loop,
+                                   rtol=1e-10, atol=1e-12)
+    if kind == "weight-sharing":
+        with pytest.raises(ValueError, match=r"layer-factors.*does not apply.*more than once"):
+            minibatch_gradients(obj, idx, method="layer-factors")
 
 
 def test_linear_layers_path_at_another_theta_and_with_part_of_the_layers():
@@ -236,3 +248,144 @@ def test_tied_weights_are_detected_and_take_the_per_sample_path():
                                rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"outside their nn\.Linear calls"):
         minibatch_gradients(obj, idx, method="linear-layers")
+
+
+# -- noise statistics against the oracle: a plain per-batch loop of torch.autograd.grad -------
+def _oracle_batches(obj, indices, theta=None):
+    """``g_b`` by one ``torch.autograd.grad`` per batch (float64), and ``g``."""
+    leaf = obj.resolve_theta(theta).detach().requires_grad_(True)
+    X, Y = obj._tensors
+    rows = [torch.autograd.grad(obj.chunk_losses(leaf, X[i], Y[i]).mean(), leaf)[0]
+            for i in indices]
+    g = torch.autograd.grad(obj.chunk_losses(leaf, X, Y).mean(), leaf)[0]
+    return torch.stack(rows), g
+
+
+def _check_statistics(obj, indices, method, theta=None):
+    """Every statistic equals the oracle's to float64 rounding (sums of a few dozen terms)."""
+    G, g = _oracle_batches(obj, indices, theta)
+    Xi = G - g
+    gen = torch.Generator().manual_seed(7)
+    V = torch.randn(obj.dim, 3, generator=gen, dtype=torch.float64)
+    coords = torch.cat([torch.tensor([0, obj.dim - 1]),
+                        torch.randperm(obj.dim, generator=gen)[:9]])
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    close = torch.testing.assert_close
+    close(minibatch_gradients(obj, indices, theta, method=method), G, **tol)
+    close(minibatch_projections(obj, indices, V, theta, method=method), Xi @ V, **tol)
+    close(minibatch_projections(obj, indices, V[:, 0], theta, noise=False, method=method),
+          G @ V[:, 0], **tol)
+    close(minibatch_coordinates(obj, indices, coords, theta, method=method), Xi[:, coords], **tol)
+    close(minibatch_coordinates(obj, indices, coords.int(), theta, noise=False, method=method),
+          G[:, coords], **tol)
+    # Two coordinates: per-sample entries gathered from the factors (many: batch blocks).
+    close(minibatch_coordinates(obj, indices, coords[[3, 0]], theta, method=method),
+          Xi[:, coords[[3, 0]]], **tol)
+    close(minibatch_squared_norms(obj, indices, theta, method=method), Xi.pow(2).sum(1), **tol)
+    close(minibatch_squared_norms(obj, indices, theta, noise=False, method=method),
+          G.pow(2).sum(1), **tol)
+    close(minibatch_covariance_product(obj, indices, V, theta, method=method),
+          Xi.T @ (Xi @ V) / indices.shape[0], **tol)
+    close(minibatch_covariance_product(obj, indices, V[:, 0], theta, method=method),
+          Xi.T @ (Xi @ V[:, 0]) / indices.shape[0], **tol)
+    for block_size in (1, 2, 100):
+        starts, blocks = [], []
+        for start, block in iter_minibatch_gradients(obj, indices, theta, noise=True,
+                                                     block_size=block_size, method=method):
+            starts.append(start)
+            blocks.append(block.clone())  # the buffer is reused
+        assert starts == list(range(0, indices.shape[0], block_size))
+        close(torch.cat(blocks), Xi, **tol)
+
+
+@pytest.mark.parametrize("method", ["auto", "per-sample"])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize("kind", ["mlp-tanh", "cnn", "weight-sharing", "residual"])
+def test_statistics_match_the_per_batch_loop(kind, chunk_size, method):
+    """Linear, Conv2d + Linear (factored), a Linear called twice (per-sample fallback) and a
+    residual block; batches with and without replacement (repeated samples count twice)."""
+    X, Y = make_data("ce", n=13, d=input_dim(kind))
+    obj = Objective(make_model(kind), "ce", (X, Y), chunk_size=chunk_size)
+    for indices in (batch_indices(13, 4, 9, seed=1),
+                    batch_indices(13, 5, 7, replacement=True, seed=2)):
+        _check_statistics(obj, indices, method)
+
+
+class ConvZoo(torch.nn.Module):
+    """Conv1d with stride and dilation, Conv2d without bias and with padding, a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv1d(2, 3, 3, stride=2, dilation=2, padding=1)
+        self.c2 = torch.nn.Conv2d(1, 2, (2, 3), padding=(1, 0), bias=False)
+        self.head = torch.nn.Linear(3 * 3 + 2 * 4 * 2, 3)
+
+    def forward(self, x):
+        a = torch.tanh(self.c1(x[:, :16].view(-1, 2, 8))).flatten(1)     # (n, 3·3)
+        b = torch.tanh(self.c2(x[:, 16:].view(-1, 1, 3, 4))).flatten(1)  # (n, 2·4·2)
+        return self.head(torch.cat([a, b], 1))
+
+
+def test_convolutions_take_the_layer_factors_path():
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(11, 28, generator=gen, dtype=torch.float64)
+    Y = torch.randn(11, 3, generator=gen, dtype=torch.float64)
+    torch.manual_seed(2)
+    obj = Objective(ConvZoo().double(), "mse", (X, Y), chunk_size=5)
+    indices = batch_indices(11, 3, 8, seed=5)
+    theta = obj.parameters_vector() + 0.1 * torch.randn(obj.dim, generator=gen,
+                                                         dtype=torch.float64)
+    _check_statistics(obj, indices, "layer-factors", theta)
+    with pytest.raises(ValueError, match=r"linear-layers.*does not apply"):
+        minibatch_projections(obj, indices, theta[:, None], method="linear-layers")
+
+
+def test_small_cnn_on_images_and_signals():
+    """valleys.models.SmallCNN (Conv2d on 8×8 images, Conv1d on signals, average pooling)."""
+    gen = torch.Generator().manual_seed(4)
+    for shape in ((1, 8, 8), (2, 10)):
+        X = torch.randn(9, *shape, generator=gen, dtype=torch.float64)
+        Y = torch.randint(0, 4, (9,), generator=gen)
+        model = SmallCNN(shape, 4, channels=(3, 4), seed=0).double()
+        obj = Objective(model, "ce", (X, Y))
+        _check_statistics(obj, batch_indices(9, 3, 5, seed=6), "layer-factors")
+
+
+def test_minibatch_noise_coordinates_and_float32():
+    obj, _, _ = _problem("ce", n=13)
+    coords = torch.tensor([3, 0, 40, 3])
+    full = minibatch_noise(obj, batch_size=4, num_batches=6, seed=3)
+    torch.testing.assert_close(
+        minibatch_noise(obj, batch_size=4, num_batches=6, seed=3, coordinates=coords),
+        full[:, coords], rtol=1e-10, atol=1e-12)
+    # float32: the statistics agree with the float64 oracle to float32 rounding.
+    X, Y = make_data("ce", n=13)
+    obj32 = Objective(make_model("mlp-tanh").float(), "ce", (X.float(), Y))
+    idx = batch_indices(13, 4, 9, seed=1)
+    Xi = (lambda G, g: G - g)(*_oracle_batches(obj, idx))
+    V = torch.randn(obj.dim, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(minibatch_squared_norms(obj32, idx).double(), Xi.pow(2).sum(1),
+                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(minibatch_projections(obj32, idx, V.float()).double(), Xi @ V,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_bad_input():
+    obj, _, _ = _problem("ce", n=6)
+    idx = batch_indices(6, 2, 3, seed=0)
+    with pytest.raises(ValueError, match=r"directions must be a floating tensor.*\(p, k\)"):
+        minibatch_projections(obj, idx, torch.ones(obj.dim + 1))
+    with pytest.raises(ValueError, match="directions must be"):
+        minibatch_covariance_product(obj, idx, torch.ones(obj.dim, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        minibatch_projections(obj, idx, torch.full((obj.dim,), float("nan")))
+    with pytest.raises(ValueError, match=r"coordinates must lie in \[0, p="):
+        minibatch_coordinates(obj, idx, torch.tensor([obj.dim]))
+    with pytest.raises(ValueError, match="1-D integer tensor"):
+        minibatch_coordinates(obj, idx, torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="block_size"):
+        next(iter_minibatch_gradients(obj, idx, block_size=0))
+    with pytest.raises(ValueError, match="method must be one of"):
+        minibatch_squared_norms(obj, idx, method="gram")
+    with pytest.raises(ValueError, match="lie in"):
+        minibatch_projections(obj, torch.tensor([[0, 6]]), torch.ones(obj.dim))

@@ -19,6 +19,7 @@ from valleys import smoothness as smoothness
 from valleys import stability as stability
 from valleys import sweeps as sweeps
 from valleys import train as train
+from valleys._memory import memory_estimate as memory_estimate
 from valleys._sharpness import nonuniformity as nonuniformity
 from valleys._sharpness import sharpness as sharpness
 from valleys._version import __version__ as __version__
@@ -72,6 +73,7 @@ __all__ = [
     "landscape",
     "load_problem",
     "meanfield",
+    "memory_estimate",
     "models",
     "noise",
     "nonuniformity",

@@ -13,8 +13,10 @@ hooks live only for that pass. Users, each with its own ``φ``: the Gram path of
 :mod:`valleys.stability.gram` (``φ = f_k``, ``δ`` detached), the mini-batch gradients of
 :mod:`valleys.noise._minibatch` (``φ = ℓ``, detached) and the linear-layers algorithm of
 :class:`valleys.operators.HessianVarianceOperator` (``φ = ℓ``, with ``a`` and ``δ`` kept as
-differentiable functions of ``θ``). All three take ``nn.Linear`` layers only (their algorithms
-use the rank-one form); :func:`find_layers` accepts convolutions on request.
+differentiable functions of ``θ``). The first and the last take ``nn.Linear`` layers only
+(their algorithms use the rank-one form); the mini-batch statistics also take convolutions
+(``try_factored(..., types=LAYER_TYPES)``), whose per-sample gradients they form from the
+factors.
 
 What the hooks check (shared parameters, layers of another type or with a custom ``forward``,
 partial layers, call counts, input shapes) is not all that can go wrong: a parameter can also
@@ -136,11 +138,14 @@ def linear_layers(objective: Objective) -> Layers | str:
     return find_layers(objective, (nn.Linear,))
 
 
-def try_factored(objective: Objective, run: Callable[[Layers], T]) -> tuple[T | None, str | None]:
-    """``(run(layers), None)`` for the ``nn.Linear`` layers of ``θ``, or ``(None, reason)`` when
-    ``θ`` is not made of them or ``run`` raises :class:`Unsupported`: the caller then takes its
-    path for any model, or raises with ``reason`` when the factored path was asked for."""
-    layers = linear_layers(objective)
+def try_factored(
+    objective: Objective, run: Callable[[Layers], T], types: tuple[type, ...] = (nn.Linear,)
+) -> tuple[T | None, str | None]:
+    """``(run(layers), None)`` for the layers of ``θ`` (of ``types``, by default ``nn.Linear``
+    only), or ``(None, reason)`` when ``θ`` is not made of them or ``run`` raises
+    :class:`Unsupported`: the caller then takes its path for any model, or raises with
+    ``reason`` when the factored path was asked for."""
+    layers = find_layers(objective, types)
     if isinstance(layers, str):
         return None, layers
     try:

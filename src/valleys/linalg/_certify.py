@@ -10,6 +10,7 @@ or ``⟨x, y⟩_M = xᵀMy`` for a positive semidefinite ``M`` (:func:`~valleys.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -165,19 +166,19 @@ def _checked(op: LinearOperator, x: torch.Tensor, w: object, method: str) -> tor
 def _apply(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
     """``A v`` with the checks that keep a broken operator from silently poisoning the basis.
 
-    ``v`` may be in a wider dtype than the operator (the basis dtype): the operator gets a
-    contiguous copy in its own dtype (basis columns are strided views, and an operator that
-    writes into or returns its input must not corrupt the basis) and the product comes back in
-    ``v``'s dtype.
+    ``v`` may be in a wider dtype than the operator (the basis dtype) and on another device (a
+    basis kept in host memory): the operator gets a contiguous copy in its own dtype on its own
+    device (basis columns are strided views, and an operator that writes into or returns its
+    input must not corrupt the basis) and the product comes back in ``v``'s dtype and device.
     """
-    x = v.to(dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
-    return _checked(op, x, op.matvec(x), "matvec").to(v.dtype)
+    x = v.to(device=op.device, dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
+    return _checked(op, x, op.matvec(x), "matvec").to(device=v.device, dtype=v.dtype)
 
 
 def _apply_block(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
-    """``A V`` for a block, with the checks and dtype handling of :func:`_apply`."""
-    X = V.to(dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
-    return _checked(op, X, op.matmat(X), "matmat").to(V.dtype)
+    """``A V`` for a block, with the checks, dtype and device handling of :func:`_apply`."""
+    X = V.to(device=op.device, dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
+    return _checked(op, X, op.matmat(X), "matmat").to(device=V.device, dtype=V.dtype)
 
 
 # -- error bounds --------------------------------------------------------------------------------
@@ -206,34 +207,87 @@ def _both(n: int) -> torch.Tensor:
 
 
 def _error_bounds(
-    theta: torch.Tensor, rho: torch.Tensor, wanted: torch.Tensor, noise: float, rounding: float
+    theta: torch.Tensor, rho: torch.Tensor, wanted: torch.Tensor, noise: float, rounding: float,
+    tail: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bounds on ``|λ − θ_i|`` for the wanted Ritz values (float64, host).
 
-    ``theta`` holds all Ritz values and ``rho`` bounds on their true residuals
+    ``theta`` holds all Ritz values (any order) and ``rho`` bounds on their true residuals
     ``‖A y_j − θ_j y_j‖`` (noise included). For a unit ``y`` there is an eigenvalue within
-    ``ρ`` of ``θ`` (Krylov–Bogoliubov). When the other Ritz values, widened by their residuals,
-    keep a distance ``gap > ρ`` from ``θ_i``, the Kato–Temple inequality sharpens this to
-    ``ρ² / gap`` (B. N. Parlett, *The Symmetric Eigenvalue Problem*, 1980, §10.2 and §11.7)
-    for the Rayleigh quotient of the exact operator, which differs from ``θ_i`` by at most the
-    product noise and the rounding of the projection. An eigenvalue that the Krylov space has
-    not seen at all cannot enter a gap estimated from Ritz values; that is the usual caveat of
-    a posteriori Krylov bounds.
+    ``ρ`` of ``θ`` (Krylov–Bogoliubov). When a gap around ``θ_i`` is established, the
+    Kato–Temple inequality sharpens this to ``ρ² / gap`` (B. N. Parlett, *The Symmetric
+    Eigenvalue Problem*, 1980, §10.2 and §11.7) for the Rayleigh quotient of the exact
+    operator, which differs from ``θ_i`` by at most the product noise and the rounding of the
+    projection.
+
+    The gap is established from the Ritz values and their residuals: every other Ritz value
+    locates an eigenvalue within ``ρ_j`` of itself, so ``gap_i = min_j (|θ_i − θ_j| − ρ_j)``,
+    and the spectral neighbours of ``θ_i`` on either side must be resolved (``ρ_j`` at most a
+    tenth of their distance): an unresolved neighbour is still moving and may stand for
+    eigenvalues much nearer to ``θ_i``, so it sets the gap to zero.
+
+    Ritz values cannot show an eigenvalue that the Krylov space has not separated yet: a
+    cluster member hidden inside ``y_i`` (``y = a u_1 + b u_2``) leaves ``θ_i`` at an error
+    ``≈ ρ² / |λ_1 − λ_2|`` with a much smaller true gap than the estimated one. Its signature
+    is slow convergence, so the bound is also at least ``tail_i``, the geometric extrapolation
+    of the last two changes of ``θ_i`` (:class:`_Trend`); without a history (``tail=None``)
+    the bound is the residual.
     """
     r = rho[wanted]
-    if theta.numel() == 1:
+    n = theta.numel()
+    if n == 1 or tail is None:
         return r
     distance = (theta[wanted, None] - theta[None, :]).abs()
-    # A Ritz value with a large residual has not resolved its part of the spectrum, which may
-    # hide eigenvalues much nearer (a warm start sees the rest of the spectrum only slowly):
-    # it witnesses no gap at all, so the nearest such value caps the gap at zero.
-    witness = rho[None, :] <= _GAP_WITNESS * distance
-    apart = torch.where(witness, distance - rho[None, :], torch.zeros_like(distance))
-    apart[torch.arange(wanted.numel()), wanted] = math.inf
+    apart = distance - rho[None, :]
+    rows = torch.arange(wanted.numel())
+    apart[rows, wanted] = math.inf
     gap = apart.min(dim=1).values.clamp(min=0.0)
-    temple = torch.where(gap > r, r.square() / gap.clamp(min=1e-300) + noise + rounding,
-                         torch.full_like(r, math.inf))
-    return torch.minimum(r, temple)
+    ascending = torch.argsort(theta)
+    rank = torch.empty_like(ascending)
+    rank[ascending] = torch.arange(n)
+    for side in (-1, 1):  # the spectral neighbours must be resolved
+        position = rank[wanted] + side
+        inside = (position >= 0) & (position < n)
+        j = ascending[position.clamp(0, n - 1)]
+        unresolved = inside & (rho[j] > _GAP_WITNESS * distance[rows, j])
+        gap = torch.where(unresolved, torch.zeros_like(gap), gap)
+    temple = torch.maximum(r.square() / gap.clamp(min=1e-300), tail) + noise + rounding
+    return torch.minimum(r, torch.where(gap > r, temple, torch.full_like(r, math.inf)))
+
+
+class _Trend:
+    """The last four values of the wanted Ritz values (in the solver's order of wanting), for
+    the tail estimate of :func:`_error_bounds`.
+
+    Lanczos and Rayleigh–Ritz on growing (or thick-restarted) spaces move the extreme Ritz
+    values monotonically towards the eigenvalues. With the last three changes ``d_0, d_1, d_2``
+    and the slower of their two ratios, ``q = max(d_1 / d_0, d_2 / d_1) < 1``, the rest of a
+    geometric convergence is ``d_2 q / (1 − q)``; the slower ratio guards against convergence
+    that is slowing down (a hidden neighbour). ``q ≥ 1`` (not yet geometric, or a Ritz value
+    that jumped to a newly found eigenvalue) gives no estimate (``inf``), and changes within the
+    rounding ``floor`` count as none.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[torch.Tensor] = []
+
+    def update(self, values: torch.Tensor) -> None:
+        """Record this step's wanted Ritz values (float64, host, in the order of wanting)."""
+        if self.history and self.history[-1].numel() != values.numel():
+            self.history = []
+        self.history = [*self.history[-3:], values.detach().double().cpu().clone()]
+
+    def tail(self, floor: float) -> torch.Tensor | None:
+        """The extrapolated remaining change of each wanted value (``None`` before 4 steps)."""
+        if len(self.history) < 4:
+            return None
+        d0, d1, d2 = ((b - a).abs() for a, b in itertools.pairwise(self.history))
+        q = torch.maximum(d1 / d0.clamp(min=1e-300), d2 / d1.clamp(min=1e-300))
+        geometric = torch.where(q < 1, d2 * q / (1 - q).clamp(min=1e-300),
+                                torch.full_like(d2, math.inf))
+        settled = torch.where(torch.minimum(d0, d1) <= floor, torch.full_like(d2, math.inf),
+                              geometric)
+        return torch.where(d2 <= floor, torch.zeros_like(d2), settled)
 
 
 def _scale(theta: torch.Tensor, eps: float, anorm: float) -> torch.Tensor:
@@ -269,6 +323,11 @@ class _Certifier:
         self.defect: float | None = None
         self.use_prior = False
         self.matvecs = 0  # products spent on verification and noise
+        self.trend = _Trend()
+
+    def observe(self, theta: torch.Tensor, wanted: torch.Tensor) -> None:
+        """Record one iteration's wanted Ritz values (for the convergence-tail estimate)."""
+        self.trend.update(theta[wanted])
 
     def norms(self, R: torch.Tensor) -> torch.Tensor:
         """Column norms of ``R`` in the solve's inner product (float64, host). The ``M``-norm
@@ -291,11 +350,10 @@ class _Certifier:
     def _judge(self, theta: torch.Tensor, rho: torch.Tensor, wanted: torch.Tensor, noise: float,
                anorm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Error bounds, the criterion, its targets and the reachable targets."""
-        if self.accuracy == "value":
-            rounding = _ROUNDING_ULPS * self.eps_work * anorm
-            bounds = criterion = _error_bounds(theta, rho, wanted, noise, rounding)
-        else:
-            bounds = criterion = rho[wanted]
+        rounding = _ROUNDING_ULPS * self.eps_work * anorm
+        tail = self.trend.tail(noise + rounding)
+        bounds = _error_bounds(theta, rho, wanted, noise, rounding, tail)
+        criterion = bounds if self.accuracy == "value" else rho[wanted]
         targets = self._targets(theta[wanted], anorm)
         reachable = targets.clamp(min=2 * self._floor(noise, anorm))
         return bounds, criterion, targets, reachable
@@ -385,7 +443,8 @@ class _Certifier:
 
 def _record(check: dict[str, Any], *, caller: str, values: torch.Tensor, vectors: torch.Tensor,
             matvecs: int, tol: float, which: str, method: str, seed: int | None,
-            restarts: int, t0: float, accuracy: str, stalled: str | None = None) -> EigshResult:
+            restarts: int, t0: float, accuracy: str, stalled: str | None = None,
+            basis_bytes: int = 0, basis_device: str | None = None) -> EigshResult:
     """The result record of a judged solve; warns with the message when it did not converge.
 
     A spent budget gets ``stalled`` as its message (by default: what to raise or loosen), unless
@@ -407,5 +466,5 @@ def _record(check: dict[str, Any], *, caller: str, values: torch.Tensor, vectors
         converged=check["converged"], tol=tol, which=which, method=method,
         seed=None if seed is None else int(seed), restarts=restarts,
         wall_time=time.perf_counter() - t0, accuracy=accuracy, noise=check["noise"],
-        message=message,
+        message=message, basis_bytes=basis_bytes, basis_device=basis_device,
     )

@@ -108,6 +108,7 @@ def block_eigsh(
         R = AQ @ Sw - (Q @ Sw) * theta.to(**to_work)
         resid = torch.linalg.vector_norm(R, dim=0).double().cpu()
         wanted = torch.arange(min(k, theta.numel()))
+        cert.observe(theta, wanted)
         if Q.shape[1] >= k:
             anorm = float(theta.abs().max())
             # p columns: the Ritz pairs are the exact eigenpairs (up to the products' noise).

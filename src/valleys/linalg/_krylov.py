@@ -46,10 +46,14 @@ class _Lanczos:
     """
 
     def __init__(self, op: LinearOperator, ncv: int, start: torch.Tensor, gen: torch.Generator,
-                 inner: LinearOperator | None = None, purge: bool = False) -> None:
+                 inner: LinearOperator | None = None, purge: bool = False,
+                 basis_device: torch.device | None = None) -> None:
         self.op, self.gen, self.inner = op, gen, inner
         self.work = _work_dtype(op.dtype)
-        self.Q = torch.zeros(op.size, ncv + 1, dtype=self.work, device=op.device)
+        # The basis may live apart from the operator (host memory for a model on an
+        # accelerator): products move one vector each way per step, Gram-Schmidt runs here.
+        self.home = op.device if basis_device is None else basis_device
+        self.Q = torch.zeros(op.size, ncv + 1, dtype=self.work, device=self.home)
         self.T = torch.zeros(ncv, ncv, dtype=torch.float64)
         self.m = 0  # basis vectors already multiplied by A (T is m x m)
         self.beta = 0.0  # norm of the residual A q_m - Q_m T[:, m]: the scale of Ritz residuals
@@ -58,7 +62,7 @@ class _Lanczos:
         self.inner_matvecs = 0
         self.exhausted = False  # the basis spans the whole range of M (only with inner)
         self.eps = torch.finfo(self.work).eps
-        start = start.to(self.work)
+        start = start.to(device=self.home, dtype=self.work)
         if inner is None:
             self.MQ = None
             self.factor = None
@@ -73,6 +77,12 @@ class _Lanczos:
                 "the start vector has zero M-norm (it lies in the null space of inner; for a "
                 "random start, inner is zero): there is nothing to iterate on")
         self.Q[:, 0], self.MQ[:, 0] = start / norm, ms / norm
+
+    @property
+    def basis_bytes(self) -> int:
+        """Memory of the basis (and of its ``M`` products with an inner product)."""
+        columns = self.Q.numel() + (0 if self.MQ is None else self.MQ.numel())
+        return columns * self.Q.element_size()
 
     @property
     def complete(self) -> bool:
@@ -148,7 +158,8 @@ class _Lanczos:
         ``M``: the basis is ``exhausted`` and the Ritz pairs are exact.
         """
         basis = self.Q[:, : self.m]
-        r = torch.randn(self.op.size, generator=self.gen, dtype=self.work, device=self.op.device)
+        r = torch.randn(self.op.size, generator=self.gen, dtype=self.work,
+                        device=self.op.device).to(self.home)
         if self.MQ is None:
             for _ in range(2):
                 r -= basis @ (basis.T @ r)
@@ -170,7 +181,11 @@ class _Lanczos:
 
     def vectors(self, S: torch.Tensor) -> torch.Tensor:
         """Ritz vectors ``Q_m S`` in the basis dtype, on the operator's device."""
-        return self.Q[:, : self.m] @ S.to(dtype=self.work, device=self.op.device)
+        return self._combine(S).to(self.op.device)
+
+    def _combine(self, S: torch.Tensor) -> torch.Tensor:
+        """``Q_m S`` where the basis lives."""
+        return self.Q[:, : self.m] @ S.to(dtype=self.work, device=self.home)
 
     def restart(self, theta: torch.Tensor, S: torch.Tensor, keep: torch.Tensor) -> None:
         """Thick restart (Wu & Simon 2000): keep the Ritz pairs ``keep`` and the next vector.
@@ -180,9 +195,9 @@ class _Lanczos:
         coupling ``β s_{m,i}`` between the Ritz vectors and the new vector.
         """
         ell = keep.numel()
-        Y = self.vectors(S[:, keep])
+        Y = self._combine(S[:, keep])
         if self.MQ is not None:  # M Y from the kept products, by linearity
-            MY = self.MQ[:, : self.m] @ S[:, keep].to(dtype=self.work, device=self.op.device)
+            MY = self.MQ[:, : self.m] @ S[:, keep].to(dtype=self.work, device=self.home)
             self.MQ[:, ell] = self.MQ[:, self.m]
             self.MQ[:, :ell] = MY
         self.Q[:, ell] = self.Q[:, self.m]

@@ -32,9 +32,10 @@ class EigshResult:
             make lie), in the units of the values.
         error_bounds: ``(k,)`` bounds on the distance from each returned value to the nearest
             eigenvalue of the exact operator, in the units of the values, with the products'
-            own rounding noise included: the residual bound ``ρ_i`` (rigorous), or with
-            ``accuracy="value"`` the Kato–Temple bound ``ρ_i² / gap_i`` on a gap estimated from
-            the Ritz values (see :func:`~valleys.linalg.eigsh`).
+            own rounding noise included: the smaller of the residual bound ``ρ_i`` (rigorous)
+            and, where a gap is established from the Ritz values, the Kato–Temple bound
+            ``ρ_i² / gap_i`` (not rigorous against eigenvalues the Krylov space has not
+            separated yet; see :func:`~valleys.linalg.eigsh`), in either ``accuracy``.
         matvecs: operator applications the solver made (including the verification products).
         converged: whether every value met the requested accuracy: its residual
             (``accuracy="residual"``) or its Kato–Temple bound (``accuracy="value"``) within
@@ -50,6 +51,10 @@ class EigshResult:
         noise: the estimated rounding noise ``ν`` of one product with a unit vector (absolute),
             the floor below which no bound can go in the operator's dtype.
         message: why the solver stopped without converging (empty when it converged).
+        basis_bytes: memory the solver's Krylov basis held (``(ncv + 1) · p`` entries of the
+            basis dtype, twice that with an inner product), on ``basis_device``; 0 where no
+            basis is kept (dense and power methods).
+        basis_device: where the basis lived (``None``: with the operator).
     """
 
     values: torch.Tensor
@@ -67,6 +72,8 @@ class EigshResult:
     accuracy: str = "residual"
     noise: float = 0.0
     message: str = ""
+    basis_bytes: int = 0
+    basis_device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of everything but ``vectors``."""

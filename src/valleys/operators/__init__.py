@@ -9,6 +9,7 @@ is one module, its import line below, and one oracle case in ``tests/_curvature_
 
 # The curvature matrices are imported with redundant aliases (``X as X``: re-exported, for
 # linters and type checkers), one line per name; importing a module registers its matrix.
+from valleys.operators._backend_choice import BackendChoice, clear_backend_choices
 from valleys.operators._base import (
     DenseOperator,
     ExpressionOperator,
@@ -37,6 +38,7 @@ from valleys.operators._registry import CURVATURES, Curvature, register_curvatur
 
 __all__ = [
     "CURVATURES",
+    "BackendChoice",
     "Curvature",
     "CurvatureOperator",
     "DenseOperator",
@@ -44,6 +46,7 @@ __all__ = [
     "LambdaOperator",
     "LinearOperator",
     "LowRankOperator",
+    "clear_backend_choices",
     "register_curvature",
 ]
 # ... and every registered curvature matrix: its factory and its operator class.
