@@ -265,15 +265,10 @@ def memory_estimate(
         raise ArgumentTypeError(
             f"basis_dtype must be a floating torch.dtype such as torch.float32, got "
             f"{basis_dtype!r}")
-    try:
-        host = obj.device if basis_device is None else torch.device(basis_device)
-    except (RuntimeError, TypeError) as error:
-        raise ArgumentValueError(
-            f"basis_device must be a device such as 'cpu' or 'cuda', got {basis_device!r}"
-        ) from error
-    if what != "trace":
-        from valleys.linalg._lanczos import _basis_size
+    from valleys.linalg._lanczos import _basis_size, _check_basis_device
 
+    host = _check_basis_device(basis_device) or obj.device
+    if what != "trace":
         ncv = _basis_size(ncv, k, p)
 
     # -- what the data looks like: chunk size, batches, resident bytes ------------------------

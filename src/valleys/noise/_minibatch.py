@@ -376,10 +376,7 @@ def minibatch_gradients(
     samples to every batch and one all-reduce sums the partial batch gradients (no per-sample
     quantity leaves its rank).
     """
-    _check_objective(objective)
-    method = _check_method(method)
-    indices = _check_indices(indices, objective.n)
-    theta = objective.resolve_theta(theta)
+    method, indices, theta = _checked_arguments(objective, indices, theta, method)
     fac = _factored(objective, theta, method)
     if fac is None:
         both = _per_sample_gradients(objective, theta, indices)
@@ -421,10 +418,7 @@ def iter_minibatch_gradients(
     over the data comes first; the per-sample path computes all batches before the first
     block. On a sharded objective every rank must consume every block (one all-reduce each).
     """
-    _check_objective(objective)
-    method = _check_method(method)
-    indices = _check_indices(indices, objective.n)
-    theta = objective.resolve_theta(theta)
+    method, indices, theta = _checked_arguments(objective, indices, theta, method)
     num_batches, B = indices.shape
     if block_size is None:
         block_size = max(1, _BLOCK_ELEMENTS // objective.dim)
@@ -492,6 +486,16 @@ def _check_directions(V: object, dim: int) -> tuple[torch.Tensor, bool]:
     return (V[:, None], True) if V.ndim == 1 else (V, False)
 
 
+def _checked_arguments(objective: Objective, indices: torch.Tensor,
+                       theta: torch.Tensor | None, method: str
+                       ) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The arguments every mini-batch statistic shares, checked once: ``(method, indices,
+    θ)``."""
+    _check_objective(objective)
+    return (_check_method(method), _check_indices(indices, objective.n),
+            objective.resolve_theta(theta))
+
+
 def minibatch_projections(
     objective: Objective,
     indices: torch.Tensor,
@@ -512,10 +516,7 @@ def minibatch_projections(
     forward/backward per batch. ``ξ_b = g_b − g``: ``⟨g, v⟩`` is the mean of the per-sample
     projections. Other models take per-sample gradients (``method="per-sample"``).
     """
-    _check_objective(objective)
-    method = _check_method(method)
-    indices = _check_indices(indices, objective.n)
-    theta = objective.resolve_theta(theta)
+    method, indices, theta = _checked_arguments(objective, indices, theta, method)
     V, single = _check_directions(directions, objective.dim)
     V = V.to(device=objective.device, dtype=objective.dtype)
     fac = _factored(objective, theta, method)
@@ -542,10 +543,7 @@ def minibatch_coordinates(
     ``n × m`` per-sample entries cost ``O(n·m)`` from the factors and each batch is a sum of
     ``B`` of them.
     """
-    _check_objective(objective)
-    method = _check_method(method)
-    indices = _check_indices(indices, objective.n)
-    theta = objective.resolve_theta(theta)
+    method, indices, theta = _checked_arguments(objective, indices, theta, method)
     if not isinstance(coordinates, torch.Tensor) or coordinates.ndim != 1 or \
             coordinates.dtype not in (torch.int64, torch.int32) or coordinates.numel() == 0:
         raise ArgumentValueError(
@@ -594,10 +592,7 @@ def minibatch_squared_norms(
     ``B²·Σ(in + out)`` per batch and layer, no less than forming ``g_b`` (``B·in·out``) for
     layers as wide as the batch, and it cancels badly in float32 for the noise.)
     """
-    _check_objective(objective)
-    method = _check_method(method)
-    indices = _check_indices(indices, objective.n)
-    theta = objective.resolve_theta(theta)
+    method, indices, theta = _checked_arguments(objective, indices, theta, method)
     fac = None if objective.distributed else _factored(objective, theta, method)
     if fac is None:  # per-sample path, or sharded: blocks of the all-reduced batch gradients
         norms = [torch.linalg.vector_norm(G, dim=1).square() for _, G in iter_minibatch_gradients(
@@ -628,10 +623,7 @@ def minibatch_covariance_product(
     sum of per-sample gradients per direction, ``(w ⊙ Δ)ᵀ A`` per linear layer, so the cost
     does not grow with ``m``.
     """
-    _check_objective(objective)
-    method = _check_method(method)
-    indices = _check_indices(indices, objective.n)
-    theta = objective.resolve_theta(theta)
+    method, indices, theta = _checked_arguments(objective, indices, theta, method)
     V, single = _check_directions(directions, objective.dim)
     V = V.to(device=objective.device, dtype=objective.dtype)
     fac = _factored(objective, theta, method)
