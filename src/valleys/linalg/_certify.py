@@ -14,6 +14,7 @@ import itertools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -303,7 +304,9 @@ class _Certifier:
     One instance per solve. ``tol`` is relative to ``|θ_i|``, floored at ``eps^{2/3} ‖A‖`` for
     values near zero (where a relative accuracy is out of reach); ``accuracy`` says whether it
     applies to the error bound of the value or to the residual. The products' noise ``ν`` is
-    measured (two extra products, from the linearity defect) the first time it could matter.
+    measured from a linearity defect the first time it could matter: free where the solver
+    predicts the verification products from its recorded ones (Lanczos), two extra products
+    otherwise.
     When it puts ``tol`` out of reach, the solve stops once the bounds are within twice the
     dtype's floor and reports ``converged=False`` with a message.
 
@@ -379,10 +382,14 @@ class _Certifier:
         return bool((criterion <= reachable).all())
 
     def verify(self, theta: torch.Tensor, estimates: torch.Tensor, wanted: torch.Tensor,
-               Y: torch.Tensor, anorm: float) -> dict[str, Any]:
+               Y: torch.Tensor, anorm: float,
+               predict: Callable[[], torch.Tensor] | None = None) -> dict[str, Any]:
         """Recompute the wanted residuals from fresh products ``A Y`` and judge them.
 
         ``estimates`` are the recurrence residuals of all Ritz pairs (used for the gaps only).
+        ``predict`` returns what the solver's recorded products say ``A Y`` is (for Lanczos
+        ``θ Y + β q_{m+1} s_mᵀ``); ``A Y`` minus it is a linearity defect
+        ``A(Σ s_j q_j) − Σ s_j (A q_j)``, which measures the products' noise for free.
         Returns a dict with the residuals, bounds, ``converged`` and ``done`` (converged, or as
         close as the products' noise allows).
         """
@@ -391,6 +398,10 @@ class _Certifier:
         resid = self.norms(AY - Y * theta[wanted].to(Y))
         rho = estimates.clone()
         rho[wanted] = resid
+        if predict is not None and self.noise(anorm) is None:
+            anorm_seen = max(anorm, float(theta.abs().max()))
+            if not self._prior_suffices(self._targets(theta[wanted], anorm_seen), anorm_seen):
+                self.defect = float(self.norms(AY - predict().to(AY)).max())
         return self.assess(theta, rho, wanted, anorm, Y[:, 0], AY[:, 0])
 
     def assess(self, theta: torch.Tensor, rho: torch.Tensor, wanted: torch.Tensor, anorm: float,
@@ -423,9 +434,13 @@ class _Certifier:
         return {"resid": rho[wanted], "bounds": bounds, "converged": converged, "done": done,
                 "relative": relative, "noise": noise, "message": message}
 
+    def _prior_suffices(self, targets: torch.Tensor, anorm: float) -> bool:
+        """Whether the prior noise is far below the targets (then it is used, unmeasured)."""
+        return _NOISE_PRIOR_ULPS * self.eps_op * anorm <= 1e-2 * float(targets.min())
+
     def _decide_noise(self, y: torch.Tensor, Ay: torch.Tensor, targets: torch.Tensor,
                       anorm: float) -> None:
-        if _NOISE_PRIOR_ULPS * self.eps_op * anorm <= 1e-2 * float(targets.min()):
+        if self._prior_suffices(targets, anorm):
             self.use_prior = True  # far below the targets: not worth two products
             return
         z = torch.randn(y.shape, generator=self.gen, dtype=y.dtype, device=y.device)

@@ -13,6 +13,9 @@ from valleys.operators._base import LinearOperator, _ProductOperator
 
 __all__: list[str] = []
 
+# A low-precision basis is widened to the work dtype this many columns at a time.
+_BLOCK = 8
+
 
 class _Lanczos:
     """A Lanczos basis with full reorthogonalization.
@@ -47,14 +50,24 @@ class _Lanczos:
 
     def __init__(self, op: LinearOperator, ncv: int, start: torch.Tensor, gen: torch.Generator,
                  inner: LinearOperator | None = None, purge: bool = False,
-                 basis_device: torch.device | None = None) -> None:
+                 basis_device: torch.device | None = None,
+                 basis_dtype: torch.dtype | None = None) -> None:
         self.op, self.gen, self.inner = op, gen, inner
         self.work = _work_dtype(op.dtype)
         # The basis may live apart from the operator (host memory for a model on an
         # accelerator): products move one vector each way per step, Gram-Schmidt runs here.
         self.home = op.device if basis_device is None else basis_device
-        self.Q = torch.zeros(op.size, ncv + 1, dtype=self.work, device=self.home)
+        # ... and in a narrower dtype than the work: then it is only stored there; every
+        # product with it is taken in the work dtype, a few columns at a time.
+        self.store = self.work if basis_dtype is None else basis_dtype
+        self.low = self.store != self.work
+        self.Q = torch.zeros(op.size, ncv + 1, dtype=self.store, device=self.home)
         self.T = torch.zeros(ncv, ncv, dtype=torch.float64)
+        # Low basis only: the Gram matrix QᵀQ (I up to the storage's rounding) and, per column,
+        # a bound on how far that rounding moved its recurrence (see slack()).
+        self.G = torch.zeros(ncv + 1, ncv + 1, dtype=torch.float64)
+        self.defects = torch.zeros(ncv + 1, dtype=torch.float64)
+        self.unit = torch.finfo(self.store).eps / 2 if self.low else 0.0
         self.m = 0  # basis vectors already multiplied by A (T is m x m)
         self.beta = 0.0  # norm of the residual A q_m - Q_m T[:, m]: the scale of Ritz residuals
         self.anorm = 0.0  # running max of ‖A q‖, a lower estimate of ‖A‖
@@ -66,7 +79,7 @@ class _Lanczos:
         if inner is None:
             self.MQ = None
             self.factor = None
-            self.Q[:, 0] = start / torch.linalg.vector_norm(start)
+            self._store(0, start / torch.linalg.vector_norm(start))
             return
         self.MQ = torch.zeros_like(self.Q)
         self.factor = op.a if isinstance(op, _ProductOperator) and op.b is inner else None
@@ -77,6 +90,30 @@ class _Lanczos:
                 "the start vector has zero M-norm (it lies in the null space of inner; for a "
                 "random start, inner is zero): there is nothing to iterate on")
         self.Q[:, 0], self.MQ[:, 0] = start / norm, ms / norm
+
+    # -- products with the basis, in the work dtype whatever the basis is stored in ---------
+    def _project(self, basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``basisᵀ w``."""
+        if not self.low:
+            return basis.T @ w
+        return torch.cat([block.to(self.work).T @ w for block in basis.split(_BLOCK, dim=1)])
+
+    def _expand(self, basis: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``basis c`` for coefficients ``c`` (a vector or a matrix) in the work dtype."""
+        if not self.low:
+            return basis @ c
+        out = torch.zeros((basis.shape[0], *c.shape[1:]), dtype=self.work, device=basis.device)
+        for block, part in zip(basis.split(_BLOCK, dim=1), c.split(_BLOCK, dim=0), strict=True):
+            out += block.to(self.work) @ part
+        return out
+
+    def _store(self, j: int, v: torch.Tensor) -> None:
+        """Write column ``j`` of the basis (and, for a low basis, its column of ``G``)."""
+        self.Q[:, j] = v
+        if self.low:
+            g = self._project(self.Q[:, : j + 1], self.Q[:, j].to(self.work)).double().cpu()
+            self.G[: j + 1, j] = g
+            self.G[j, : j + 1] = g
 
     @property
     def basis_bytes(self) -> int:
@@ -116,16 +153,19 @@ class _Lanczos:
         basis = self.Q[:, : m + 1]
         dual = basis if self.MQ is None else self.MQ[:, : m + 1]  # coefficients: dualᵀ x
         if self.factor is None or self.MQ is None:  # factor is set only with MQ (inner)
-            aq = _apply(self.op, self.Q[:, m])
+            aq = _apply(self.op, self.Q[:, m].to(self.work))
         else:  # A q = B (M q) with the kept M q
             aq = _apply(self.factor, self.MQ[:, m])
         self.matvecs += 1
-        h = dual.T @ aq
+        h = self._project(dual, aq)
         # Out of place first: the operator's output may alias its internal state.
-        w = aq - basis @ h
-        h2 = dual.T @ w
-        w -= basis @ h2
-        h += h2
+        w = aq - self._expand(basis, h)
+        h2 = self._project(dual, w)
+        w -= self._expand(basis, h2)
+        # A low basis keeps the first pass in T, which is QᵀAq exactly: in a basis that is not
+        # orthonormal the Gram-Schmidt total h + h2 is no Rayleigh quotient.
+        if not self.low:
+            h += h2
         if self.MQ is None:
             # One device-to-host transfer per step: the new column of T and the two norms.
             norms = torch.stack([torch.linalg.vector_norm(w), torch.linalg.vector_norm(aq)])
@@ -143,9 +183,13 @@ class _Lanczos:
         self.anorm = max(self.anorm, aq_norm)
         # beta stays the true leftover norm even on breakdown, so residual estimates stay honest.
         self.beta = beta
+        # Storing w / β rounds it by at most unit·β: the recurrence of column m is off by that.
+        self.defects[m] = self.unit * beta
         if self.m == self.op.size or beta <= _BREAKDOWN * self.eps * self.anorm:
+            # Kept (unit, or zero) only for predicted(): inject() replaces it.
+            self.Q[:, self.m] = w / beta if beta > 0 else 0.0
             return True
-        self.Q[:, self.m] = w / beta
+        self._store(self.m, w / beta)
         if self.MQ is not None:
             self.MQ[:, self.m] = mw / beta
         return False
@@ -162,8 +206,8 @@ class _Lanczos:
                         device=self.op.device).to(self.home)
         if self.MQ is None:
             for _ in range(2):
-                r -= basis @ (basis.T @ r)
-            self.Q[:, self.m] = r / torch.linalg.vector_norm(r)
+                r -= self._expand(basis, self._project(basis, r))
+            self._store(self.m, r / torch.linalg.vector_norm(r))
             return
         r, _, before = self._purged(r)
         dual = self.MQ[:, : self.m]
@@ -176,16 +220,50 @@ class _Lanczos:
         self.Q[:, self.m], self.MQ[:, self.m] = r / norm, mr / norm
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ritz values (ascending) and the eigenvectors ``S`` of ``T_m`` (float64, host)."""
-        return torch.linalg.eigh(self.T[: self.m, : self.m])
+        """Ritz values (ascending) and the eigenvectors ``S`` of ``T_m`` (float64, host).
+
+        A low basis is orthonormal only up to its storage's rounding: there the Rayleigh–Ritz
+        pairs of its span solve the pencil ``T s = θ G s`` (``T = QᵀAQ``, ``G = QᵀQ``), through
+        the Cholesky factor ``G = LLᵀ``; ``sᵀGs = 1`` keeps the Ritz vectors ``Q s`` unit."""
+        T = self.T[: self.m, : self.m]
+        if not self.low:
+            return torch.linalg.eigh(T)
+        L = torch.linalg.cholesky(self.G[: self.m, : self.m])
+        inv_L = torch.linalg.solve_triangular(L, torch.eye(self.m, dtype=torch.float64),
+                                              upper=False)
+        theta, U = torch.linalg.eigh(inv_L @ T @ inv_L.T)
+        return theta, inv_L.T @ U
+
+    def slack(self, S: torch.Tensor) -> torch.Tensor:
+        """What a low basis's rounding may add to the residuals of the Ritz vectors ``Q_m S``
+        beyond the recurrence's ``|β s_m|`` (float64, host; zeros for a full basis).
+
+        Column ``j`` satisfies its recurrence up to ``defects[j]``: ``unit·β_j`` for a Lanczos
+        vector (``q_{j+1}`` was stored rounded), and for a vector kept at a restart the slack of
+        the Ritz vector it came from plus ``3 unit ‖A‖`` (it and the next vector were stored
+        rounded: ``(A − θ)δ`` and ``β s_m δ``). The triangle inequality gives
+        ``Σ_j |s_j| defects[j]``."""
+        if not self.low:
+            return torch.zeros(S.shape[1], dtype=torch.float64)
+        return (S[: self.m - 1].abs() * self.defects[: self.m - 1, None]).sum(dim=0)
 
     def vectors(self, S: torch.Tensor) -> torch.Tensor:
-        """Ritz vectors ``Q_m S`` in the basis dtype, on the operator's device."""
+        """Ritz vectors ``Q_m S`` in the work dtype, on the operator's device."""
         return self._combine(S).to(self.op.device)
 
+    def predicted(self, theta: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+        """What the recorded products say ``A Y`` is for the Ritz vectors ``Y = Q_m S`` with
+        values ``theta``: ``A Q_m = Q_m T_m + β q_{m+1} e_mᵀ`` gives ``θ Y + β q_{m+1} s_mᵀ``
+        (on the operator's device). A fresh ``A Y`` differs from it only by the products'
+        noise and rounding, a linearity defect the certifier reads the noise from."""
+        Y = self._combine(S) * theta.to(dtype=self.work, device=self.home)
+        Y += self.Q[:, self.m, None] * (self.beta * S[self.m - 1]).to(dtype=self.work,
+                                                                       device=self.home)
+        return Y.to(self.op.device)
+
     def _combine(self, S: torch.Tensor) -> torch.Tensor:
-        """``Q_m S`` where the basis lives."""
-        return self.Q[:, : self.m] @ S.to(dtype=self.work, device=self.home)
+        """``Q_m S`` where the basis lives, in the work dtype."""
+        return self._expand(self.Q[:, : self.m], S.to(dtype=self.work, device=self.home))
 
     def restart(self, theta: torch.Tensor, S: torch.Tensor, keep: torch.Tensor) -> None:
         """Thick restart (Wu & Simon 2000): keep the Ritz pairs ``keep`` and the next vector.
@@ -200,8 +278,15 @@ class _Lanczos:
             MY = self.MQ[:, : self.m] @ S[:, keep].to(dtype=self.work, device=self.home)
             self.MQ[:, ell] = self.MQ[:, self.m]
             self.MQ[:, :ell] = MY
+        if self.low:
+            kept = self.slack(S[:, keep]) + 3 * self.unit * self.anorm
+            self.defects.zero_()
+            self.defects[:ell] = kept
         self.Q[:, ell] = self.Q[:, self.m]
         self.Q[:, :ell] = Y
+        if self.low:  # the Gram matrix of the new basis, column by column
+            for j in range(ell + 1):
+                self._store(j, self.Q[:, j].clone())
         self.T.zero_()
         self.T[:ell, :ell] = torch.diag(theta[keep])
         self.m = ell

@@ -11,6 +11,7 @@ an inner product ``⟨x, y⟩_M = xᵀMy`` for operators self-adjoint in it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -68,8 +69,9 @@ def eigsh(
     residuals ``|β_m s_{m,i}|`` of the Ritz pairs ``(θ_i, y_i)`` predict whether the wanted
     pairs are done. The prediction is then checked on fresh products ``A y_i`` (``k`` matvecs):
     the recurrence stops meaning anything once low-precision products have made it inexact. With
-    ``ρ_i = ‖A y_i − θ_i y_i‖ + ν`` (``ν``: the products' rounding noise, estimated from the
-    linearity defect ``A(y+z) − Ay − Az`` of two extra products where it could matter) there is
+    ``ρ_i = ‖A y_i − θ_i y_i‖ + ν`` (``ν``: the products' rounding noise, estimated where it
+    could matter from the linearity defect between the fresh ``A y_i`` and the recurrence's
+    ``θ_i y_i + β s_{m,i} q_{m+1}``, at no extra product) there is
     an eigenvalue of ``A`` within ``ρ_i`` of ``θ_i`` (Krylov–Bogoliubov: rigorous for any unit
     ``y``, up to the noise estimate). The default criterion ``accuracy="residual"`` stops when
     every ``ρ_i ≤ tol · |θ_i|`` (ARPACK's test, with the residual recomputed and the noise
@@ -227,14 +229,15 @@ def eigsh(
         ready = lz.m >= k and (not suspended or lz.m == ncv or lz.complete)
         if ready and lz.matvecs >= verify_at and cert.promising(theta, estimates, wanted,
                                                                 lz.anorm):
-            check = cert.verify(theta, estimates, wanted, lz.vectors(S[:, wanted]), lz.anorm)
+            check = cert.verify(
+                theta, estimates, wanted, lz.vectors(S[:, wanted]), lz.anorm,
+                predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted]))
             if check["done"]:
                 break
             verify_at, backoff = lz.matvecs + backoff, min(2 * backoff, ncv)
-        # The final verification (k products, and 2 for the noise if still unknown) is kept
-        # inside the budget; a complete basis: T is similar to A, nothing is left to add.
-        reserve = k + (2 if cert.noise(lz.anorm) is None else 0)
-        if lz.complete or (lz.m >= k and lz.matvecs + cert.matvecs + reserve >= max_matvecs):
+        # The final verification (k products; it also measures the noise) is kept inside the
+        # budget; a complete basis: T is similar to A, nothing is left to add.
+        if lz.complete or (lz.m >= k and lz.matvecs + cert.matvecs + k >= max_matvecs):
             break
         if breakdown:
             lz.inject()
@@ -251,7 +254,8 @@ def eigsh(
             f"{wanted.numel()} eigenvalues exist; lower k")
     Y = lz.vectors(S[:, wanted])
     if check is None:  # the budget ran out (or the basis is complete) on unverified Ritz pairs
-        check = cert.verify(theta, estimates, wanted, Y, lz.anorm)
+        check = cert.verify(theta, estimates, wanted, Y, lz.anorm,
+                            predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted]))
     return _record(check, caller="eigsh", values=theta[wanted], vectors=Y,
                    matvecs=lz.matvecs + cert.matvecs, tol=tol, which=which, method="lanczos",
                    seed=seed, restarts=restarts, t0=t0, accuracy=accuracy,
