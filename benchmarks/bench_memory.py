@@ -2,7 +2,7 @@
 
 ``mnist1d-mlp`` at its checkpoint evaluated on ``num_samples=50000`` (40,000 training samples,
 289k parameters, float32). Each measurement runs in a fresh child process, so its peak resident
-set size (``ru_maxrss``) belongs to that computation alone:
+set size (``VmHWM``) belongs to that computation alone:
 
 * ``valleys.sharpness(obj)`` (Lanczos, ``tol=1e-4``);
 * ``valleys.trace(valleys.hessian(obj), num_matvecs=30)`` (Hutch++, block products);
@@ -41,8 +41,15 @@ TARGET_MB = 2048.0  # with chunking
 
 # -- child: one measurement -----------------------------------------------------------------
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far: ``VmHWM`` on Linux, because getrusage's
+    ``ru_maxrss`` carries the parent's high-water mark across (v)fork and exec; ``ru_maxrss``
+    elsewhere."""
+    try:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) / 1024 for line in handle
+                        if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mb() -> float:
@@ -129,8 +136,8 @@ def report(records: list[dict], threads: str) -> tuple[str, list[dict]]:
     dim = next((r["dim"] for r in records if "dim" in r), "?")
     lines = [f"## Peak memory (bench_memory.py), {PROBLEM} with num_samples={NUM_SAMPLES} "
              f"({n} training samples, {dim} parameters)", "", threads,
-             "Each row is a fresh child process: peak RSS is `ru_maxrss` at its end, the "
-             "baseline is `ru_maxrss` after imports, data generation and model loading (data "
+             "Each row is a fresh child process: peak RSS is `VmHWM` at its end, the "
+             "baseline is `VmHWM` after imports, data generation and model loading (data "
              f"generation itself has a transient peak). trace = Hutch++ with {TRACE_MATVECS} "
              "matvecs; sharpness = Lanczos to tol 1e-4. Times are single runs.", "",
              C.markdown_table(headers, rows), "", C.load_line()]
