@@ -108,6 +108,8 @@ def test_basis_term_is_exact():
     assert memory_estimate(obj, ncv=40, breakdown=True)["basis"] == 41 * p * 4
     half = memory_estimate(obj, basis_dtype=torch.bfloat16, breakdown=True)
     assert half["basis"] == 21 * p * 2
+    solved = valleys.eigsh(valleys.hessian(obj), basis_dtype=torch.bfloat16, tol=1e-2)
+    assert solved.basis_bytes == half["basis"]
     # On the objective's own device the basis counts; on another it is reported apart.
     assert memory_estimate(obj, basis_device="cpu", breakdown=True)["basis"] == 21 * p * 4
     away = memory_estimate(obj, basis_device="cuda", breakdown=True)

@@ -260,12 +260,11 @@ def memory_estimate(
                 "chunk_size cannot be overridden for an objective from Objective.from_function "
                 "(its batches are evaluated as they come); re-batch the data instead")
     work = _work_dtype(obj.dtype)
-    basis_dtype = work if basis_dtype is None else basis_dtype
-    if not isinstance(basis_dtype, torch.dtype) or not basis_dtype.is_floating_point:
-        raise ArgumentTypeError(
-            f"basis_dtype must be a floating torch.dtype such as torch.float32, got "
-            f"{basis_dtype!r}")
-    from valleys.linalg._lanczos import _basis_size, _check_basis_device
+    from valleys.linalg._krylov import _BLOCK
+    from valleys.linalg._lanczos import _basis_size, _check_basis_device, _check_basis_dtype
+
+    low = _check_basis_dtype(basis_dtype, obj.dtype, with_inner=False)
+    basis_dtype = work if low is None else low
 
     host = _check_basis_device(basis_device) or obj.device
     if what != "trace":
@@ -317,7 +316,8 @@ def memory_estimate(
     else:
         assert ncv is not None
         n_keep = min(k + max((ncv - k) // 2, 1), ncv - 1)
-        parts["vectors"] = (4 + 3 * k + n_keep) * p * witem
+        # (a low basis also widens _BLOCK of its columns at a time for each product with it)
+        parts["vectors"] = (4 + 3 * k + n_keep + (_BLOCK if low else 0)) * p * witem
         basis = (ncv + 1) * p * torch.empty((), dtype=basis_dtype).element_size()
         on_device = host.type == obj.device.type and (
             host.index is None or obj.device.index is None or host.index == obj.device.index)

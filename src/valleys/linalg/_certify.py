@@ -316,8 +316,12 @@ class _Certifier:
     """
 
     def __init__(self, op: LinearOperator, tol: float, accuracy: str,
-                 gen: torch.Generator, inner: LinearOperator | None = None) -> None:
+                 gen: torch.Generator, inner: LinearOperator | None = None,
+                 basis_dtype: torch.dtype | None = None) -> None:
         self.op, self.tol, self.accuracy, self.gen, self.inner = op, tol, accuracy, gen, inner
+        # A basis stored narrower than the work dtype (eigsh's basis_dtype): values become
+        # Rayleigh quotients of the fresh products, and its rounding floors the residuals.
+        self.basis_dtype = basis_dtype
         self.inner_matvecs = 0
         self.eps_op = torch.finfo(op.dtype).eps
         self.eps_work = torch.finfo(_work_dtype(op.dtype)).eps
@@ -351,14 +355,33 @@ class _Certifier:
         return noise + rounding if self.accuracy == "value" else noise
 
     def _judge(self, theta: torch.Tensor, rho: torch.Tensor, wanted: torch.Tensor, noise: float,
-               anorm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Error bounds, the criterion, its targets and the reachable targets."""
+               anorm: float, basis_floor: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Error bounds, the criterion, its targets and the reachable targets.
+
+        ``basis_floor`` (per Ritz pair) is the typical size of what a low basis's rounding
+        adds to a residual. It floors the residuals; a value bound only where it is the
+        residual (no gap) and no gap can come either: the nearest Ritz value's floor is above
+        a tenth of its distance (it can never count as resolved), or the pair's own floor is
+        above that distance. Otherwise a gap established later still certifies the value to
+        the squared residual."""
         rounding = _ROUNDING_ULPS * self.eps_work * anorm
         tail = self.trend.tail(noise + rounding)
         bounds = _error_bounds(theta, rho, wanted, noise, rounding, tail)
         criterion = bounds if self.accuracy == "value" else rho[wanted]
         targets = self._targets(theta[wanted], anorm)
-        reachable = targets.clamp(min=2 * self._floor(noise, anorm))
+        floor = torch.full_like(targets, self._floor(noise, anorm))
+        if basis_floor is not None:
+            own = basis_floor[wanted]
+            limited = torch.ones_like(targets, dtype=torch.bool)
+            if self.accuracy == "value":
+                distance = (theta[wanted, None] - theta[None, :]).abs()
+                distance[torch.arange(wanted.numel()), wanted] = math.inf
+                nearest, j = distance.min(dim=1)
+                hopeless = (basis_floor[j] > _GAP_WITNESS * nearest) | (own >= nearest)
+                limited = (rho[wanted] <= bounds) & hopeless
+            floor = floor + torch.where(limited, own, torch.zeros_like(own))
+        reachable = torch.maximum(targets, 2 * floor)
         return bounds, criterion, targets, reachable
 
     def noise(self, anorm: float) -> float | None:
@@ -371,30 +394,39 @@ class _Certifier:
         return None
 
     def promising(self, theta: torch.Tensor, estimates: torch.Tensor, wanted: torch.Tensor,
-                  anorm: float) -> bool:
+                  anorm: float, basis_floor: torch.Tensor | None = None) -> bool:
         """Whether the residual estimates (recurrence or stored products) say the wanted pairs
         are done; the optimistic floor of the noise stands in while it is undecided."""
         anorm = max(anorm, float(theta.abs().max()))
         noise = self.noise(anorm)
         if noise is None:
             noise = _NOISE_FLOOR_ULPS * self.eps_op * anorm
-        _, criterion, _, reachable = self._judge(theta, estimates + noise, wanted, noise, anorm)
+        _, criterion, _, reachable = self._judge(theta, estimates + noise, wanted, noise, anorm,
+                                                 basis_floor)
         return bool((criterion <= reachable).all())
 
     def verify(self, theta: torch.Tensor, estimates: torch.Tensor, wanted: torch.Tensor,
                Y: torch.Tensor, anorm: float,
-               predict: Callable[[], torch.Tensor] | None = None) -> dict[str, Any]:
+               predict: Callable[[], torch.Tensor] | None = None,
+               basis_floor: torch.Tensor | None = None) -> dict[str, Any]:
         """Recompute the wanted residuals from fresh products ``A Y`` and judge them.
 
         ``estimates`` are the recurrence residuals of all Ritz pairs (used for the gaps only).
         ``predict`` returns what the solver's recorded products say ``A Y`` is (for Lanczos
         ``θ Y + β q_{m+1} s_mᵀ``); ``A Y`` minus it is a linearity defect
-        ``A(Σ s_j q_j) − Σ s_j (A q_j)``, which measures the products' noise for free.
-        Returns a dict with the residuals, bounds, ``converged`` and ``done`` (converged, or as
-        close as the products' noise allows).
+        ``A(Σ s_j q_j) − Σ s_j (A q_j)``, which measures the products' noise for free. With a
+        low basis the wanted values are replaced by the Rayleigh quotients ``yᵀAy / yᵀy`` of
+        the fresh products (Kato–Temple bounds the Rayleigh quotient, and the basis's rounding
+        leaves the Ritz values off by up to its unit roundoff times ``‖A‖`` after a restart).
+        Returns a dict with the values, residuals, bounds, ``converged`` and ``done``
+        (converged, or as close as the products' noise allows).
         """
         AY = _apply_block(self.op, Y)
         self.matvecs += Y.shape[1]
+        if self.basis_dtype is not None:
+            quotients = (Y * AY).sum(dim=0).double() / (Y * Y).sum(dim=0).double()
+            theta = theta.clone()
+            theta[wanted] = quotients.cpu()
         resid = self.norms(AY - Y * theta[wanted].to(Y))
         rho = estimates.clone()
         rho[wanted] = resid
@@ -402,10 +434,11 @@ class _Certifier:
             anorm_seen = max(anorm, float(theta.abs().max()))
             if not self._prior_suffices(self._targets(theta[wanted], anorm_seen), anorm_seen):
                 self.defect = float(self.norms(AY - predict().to(AY)).max())
-        return self.assess(theta, rho, wanted, anorm, Y[:, 0], AY[:, 0])
+        return self.assess(theta, rho, wanted, anorm, Y[:, 0], AY[:, 0], basis_floor)
 
     def assess(self, theta: torch.Tensor, rho: torch.Tensor, wanted: torch.Tensor, anorm: float,
-               y: torch.Tensor, Ay: torch.Tensor) -> dict[str, Any]:
+               y: torch.Tensor, Ay: torch.Tensor,
+               basis_floor: torch.Tensor | None = None) -> dict[str, Any]:
         """Judge Ritz pairs whose residuals ``rho`` (float64, all pairs) come from products.
 
         ``y`` and its product ``Ay`` serve the noise measurement if one is still needed.
@@ -419,20 +452,31 @@ class _Certifier:
             raise RuntimeError("the product noise level is still undecided")
         noise = float(decided)
         bounds, criterion, targets, reachable = self._judge(theta, rho + noise, wanted, noise,
-                                                            anorm)
+                                                            anorm, basis_floor)
         converged = bool((criterion <= targets).all())
         done = converged or bool((criterion <= reachable).all())
         relative = float((criterion / (targets / self.tol)).max())
         message = ""
-        if done and not converged:
+        if done and not converged and basis_floor is not None and (
+                float(basis_floor[wanted].max()) > self._floor(noise, anorm)):
+            message = (
+                f"tol={self.tol:g} is below what a {self.basis_dtype} Krylov basis resolves: "
+                f"the rounding of its stored vectors limits the residuals to about "
+                f"{float(basis_floor[wanted].max()):.2g} on values up to {anorm:.3g}, so the best "
+                f"certified relative accuracy is {relative:.2g}. The values are returned with "
+                "these error bounds and converged=False; use accuracy='value' (the bound then "
+                "goes with the squared residual where a gap is established) or a wider "
+                "basis_dtype")
+        elif done and not converged:
             message = (
                 f"tol={self.tol:g} is below what {self.op.dtype} products resolve: their rounding "
                 f"noise is about {noise:.2g} on values up to {anorm:.3g}, so the best certified "
                 f"relative accuracy is {relative:.2g}. The values are returned with these error "
                 "bounds and converged=False; loosen tol, or evaluate the model in a wider dtype"
             )
-        return {"resid": rho[wanted], "bounds": bounds, "converged": converged, "done": done,
-                "relative": relative, "noise": noise, "message": message}
+        return {"values": theta[wanted], "resid": rho[wanted], "bounds": bounds,
+                "converged": converged, "done": done, "relative": relative, "noise": noise,
+                "message": message}
 
     def _prior_suffices(self, targets: torch.Tensor, anorm: float) -> bool:
         """Whether the prior noise is far below the targets (then it is used, unmeasured)."""

@@ -68,6 +68,9 @@ class _Lanczos:
         self.G = torch.zeros(ncv + 1, ncv + 1, dtype=torch.float64)
         self.defects = torch.zeros(ncv + 1, dtype=torch.float64)
         self.unit = torch.finfo(self.store).eps / 2 if self.low else 0.0
+        # A low basis stores sqrt(p)·q: entries of order 1, not 1/sqrt(p), which in float16
+        # would fall below its smallest normal number (6e-5) for p beyond ~10⁸.
+        self.scale = math.sqrt(op.size) if self.low else 1.0
         self.m = 0  # basis vectors already multiplied by A (T is m x m)
         self.beta = 0.0  # norm of the residual A q_m - Q_m T[:, m]: the scale of Ritz residuals
         self.anorm = 0.0  # running max of ‖A q‖, a lower estimate of ‖A‖
@@ -96,7 +99,8 @@ class _Lanczos:
         """``basisᵀ w``."""
         if not self.low:
             return basis.T @ w
-        return torch.cat([block.to(self.work).T @ w for block in basis.split(_BLOCK, dim=1)])
+        parts = [block.to(self.work).T @ w for block in basis.split(_BLOCK, dim=1)]
+        return torch.cat(parts) / self.scale
 
     def _expand(self, basis: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``basis c`` for coefficients ``c`` (a vector or a matrix) in the work dtype."""
@@ -105,13 +109,21 @@ class _Lanczos:
         out = torch.zeros((basis.shape[0], *c.shape[1:]), dtype=self.work, device=basis.device)
         for block, part in zip(basis.split(_BLOCK, dim=1), c.split(_BLOCK, dim=0), strict=True):
             out += block.to(self.work) @ part
-        return out
+        return out.div_(self.scale)
+
+    def _column(self, j: int) -> torch.Tensor:
+        """Basis vector ``q_j`` in the work dtype."""
+        return self.Q[:, j].to(self.work) / self.scale if self.low else self.Q[:, j]
 
     def _store(self, j: int, v: torch.Tensor) -> None:
-        """Write column ``j`` of the basis (and, for a low basis, its column of ``G``)."""
-        self.Q[:, j] = v
+        """Write ``v`` (work dtype) as column ``j`` of the basis, and its column of ``G``."""
+        self.Q[:, j] = v * self.scale if self.low else v
+        self._gram(j)
+
+    def _gram(self, j: int) -> None:
+        """Column ``j`` of ``G = QᵀQ`` (a low basis only), from the stored vectors."""
         if self.low:
-            g = self._project(self.Q[:, : j + 1], self.Q[:, j].to(self.work)).double().cpu()
+            g = self._project(self.Q[:, : j + 1], self._column(j)).double().cpu()
             self.G[: j + 1, j] = g
             self.G[j, : j + 1] = g
 
@@ -153,7 +165,7 @@ class _Lanczos:
         basis = self.Q[:, : m + 1]
         dual = basis if self.MQ is None else self.MQ[:, : m + 1]  # coefficients: dualᵀ x
         if self.factor is None or self.MQ is None:  # factor is set only with MQ (inner)
-            aq = _apply(self.op, self.Q[:, m].to(self.work))
+            aq = _apply(self.op, self._column(m))
         else:  # A q = B (M q) with the kept M q
             aq = _apply(self.factor, self.MQ[:, m])
         self.matvecs += 1
@@ -187,7 +199,7 @@ class _Lanczos:
         self.defects[m] = self.unit * beta
         if self.m == self.op.size or beta <= _BREAKDOWN * self.eps * self.anorm:
             # Kept (unit, or zero) only for predicted(): inject() replaces it.
-            self.Q[:, self.m] = w / beta if beta > 0 else 0.0
+            self.Q[:, self.m] = w * (self.scale / beta) if beta > 0 else 0.0
             return True
         self._store(self.m, w / beta)
         if self.MQ is not None:
@@ -235,17 +247,21 @@ class _Lanczos:
         return theta, inv_L.T @ U
 
     def slack(self, S: torch.Tensor) -> torch.Tensor:
-        """What a low basis's rounding may add to the residuals of the Ritz vectors ``Q_m S``
+        """What a low basis's rounding adds to the residuals of the Ritz vectors ``Q_m S``
         beyond the recurrence's ``|β s_m|`` (float64, host; zeros for a full basis).
 
         Column ``j`` satisfies its recurrence up to ``defects[j]``: ``unit·β_j`` for a Lanczos
         vector (``q_{j+1}`` was stored rounded), and for a vector kept at a restart the slack of
         the Ritz vector it came from plus ``3 unit ‖A‖`` (it and the next vector were stored
-        rounded: ``(A − θ)δ`` and ``β s_m δ``). The triangle inequality gives
-        ``Σ_j |s_j| defects[j]``."""
+        rounded: ``(A − θ)δ`` and ``β s_m δ``; ``T`` then holds their old Ritz values, off by
+        about as much). Independent roundings add up to ``sqrt(Σ_j s_j² defects[j]²)``, the
+        size this returns and where the residuals stop falling; it is an estimate (the triangle
+        inequality's ``Σ_j |s_j| defects[j]`` would bound it, at ``sqrt(m)`` times the size,
+        and stop every check from passing), so the fresh products judge the result."""
         if not self.low:
             return torch.zeros(S.shape[1], dtype=torch.float64)
-        return (S[: self.m - 1].abs() * self.defects[: self.m - 1, None]).sum(dim=0)
+        terms = S[: self.m - 1] * self.defects[: self.m - 1, None]
+        return terms.square().sum(dim=0).sqrt()
 
     def vectors(self, S: torch.Tensor) -> torch.Tensor:
         """Ritz vectors ``Q_m S`` in the work dtype, on the operator's device."""
@@ -257,7 +273,7 @@ class _Lanczos:
         (on the operator's device). A fresh ``A Y`` differs from it only by the products'
         noise and rounding, a linearity defect the certifier reads the noise from."""
         Y = self._combine(S) * theta.to(dtype=self.work, device=self.home)
-        Y += self.Q[:, self.m, None] * (self.beta * S[self.m - 1]).to(dtype=self.work,
+        Y += self._column(self.m)[:, None] * (self.beta * S[self.m - 1]).to(dtype=self.work,
                                                                        device=self.home)
         return Y.to(self.op.device)
 
@@ -283,10 +299,9 @@ class _Lanczos:
             self.defects.zero_()
             self.defects[:ell] = kept
         self.Q[:, ell] = self.Q[:, self.m]
-        self.Q[:, :ell] = Y
-        if self.low:  # the Gram matrix of the new basis, column by column
-            for j in range(ell + 1):
-                self._store(j, self.Q[:, j].clone())
+        self.Q[:, :ell] = Y * self.scale if self.low else Y
+        for j in range(ell + 1):  # the Gram matrix of the new basis (a low basis only)
+            self._gram(j)
         self.T.zero_()
         self.T[:ell, :ell] = torch.diag(theta[keep])
         self.m = ell

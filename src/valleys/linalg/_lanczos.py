@@ -55,6 +55,7 @@ def eigsh(
     seed: int | None = 0,
     inner: LinearOperator | None = None,
     basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos, with error bounds.
 
@@ -171,6 +172,20 @@ def eigsh(
             ``basis_bytes`` reports it), which for large ``p`` can rival the model's own
             memory. Each step then moves one vector each way and orthogonalizes on that
             device. Default ``None``: with the operator.
+        basis_dtype: store the basis in a narrower dtype than the work dtype (e.g.
+            ``torch.bfloat16`` or ``torch.float16`` for a float32 model, halving
+            ``basis_bytes``); every product with it is still taken in the work dtype, a few
+            columns at a time. Its vectors are then orthonormal only to the storage's unit
+            roundoff ``u`` (bfloat16: 3.9e-3, float16: 4.9e-4), so the Ritz pairs solve the
+            pencil ``T s = θ G s`` with ``G = QᵀQ``, the returned values are Rayleigh quotients
+            of the fresh verification products, and the residual estimates add what the
+            rounding may have moved each recurrence (``u β_j`` per step, ``3 u ‖A‖`` per kept
+            vector at a restart). The residuals floor near ``u ‖A‖``: with the default
+            ``accuracy="residual"`` a ``tol`` below that is reported ``converged=False``
+            with a message, while ``accuracy="value"`` still certifies values to about
+            ``(u ‖A‖)² / gap`` where a gap is established. The noise is measured with two
+            extra products (the recurrence no longer predicts the verification products to
+            rounding). Not with ``inner``. Default ``None``: the work dtype.
 
     Returns:
         An :class:`~valleys.linalg.EigshResult` with ``method="lanczos"``; values,
@@ -181,7 +196,8 @@ def eigsh(
         TypeError: ``op`` or ``inner`` is not a LinearOperator, or ``v0``/``seed`` has the
             wrong type.
         ValueError: invalid ``k``, ``which``, ``tol``, ``accuracy``, ``ncv``, ``max_matvecs``,
-            ``v0``, ``inner``, a non-symmetric operator (without ``inner``), an operator that
+            ``v0``, ``inner``, ``basis_dtype`` (wider than the work dtype, or with ``inner``),
+            a non-symmetric operator (without ``inner``), an operator that
             produced NaN/inf, or (with ``inner``) fewer than ``k`` eigenvalues, when the rank
             of ``M`` is below ``k``.
     """
@@ -204,9 +220,13 @@ def eigsh(
 
     gen = _generator(op.device, seed)
     home = _check_basis_device(basis_device)
+    store = _check_basis_dtype(basis_dtype, op.dtype, inner is not None)
     lz = _Lanczos(op, ncv, _start_vector(op, v0, gen), gen, inner,
-                  purge=inner is not None and v0 is None, basis_device=home)
-    cert = _Certifier(op, tol, accuracy, gen, inner)
+                  purge=inner is not None and v0 is None, basis_device=home, basis_dtype=store)
+    cert = _Certifier(op, tol, accuracy, gen, inner, basis_dtype=lz.store if lz.low else None)
+    # A full basis: the verification products are predicted to rounding, so they measure the
+    # noise; a low basis (and only it) has a rounding floor under the residuals.
+    predictive = not lz.low
     # Once the Krylov space is (nearly) invariant every Ritz pair in it passes the test, yet a
     # repeated eigenvalue (or, with a user v0, anything outside v0's invariant subspace) may be
     # missing: like ARPACK, fill the basis (with random vectors after an exact breakdown) before
@@ -224,20 +244,24 @@ def eigsh(
         theta, S = lz.ritz()
         wanted = _order(theta, which)[:k]
         cert.observe(theta, wanted)
-        estimates = (lz.beta * S[lz.m - 1]).abs()
+        slack = lz.slack(S)
+        estimates = (lz.beta * S[lz.m - 1]).abs() + slack
+        floor = slack if lz.low else None
         check = None
         ready = lz.m >= k and (not suspended or lz.m == ncv or lz.complete)
         if ready and lz.matvecs >= verify_at and cert.promising(theta, estimates, wanted,
-                                                                lz.anorm):
+                                                                lz.anorm, floor):
             check = cert.verify(
                 theta, estimates, wanted, lz.vectors(S[:, wanted]), lz.anorm,
-                predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted]))
+                predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted])
+                if predictive else None, basis_floor=floor)
             if check["done"]:
                 break
             verify_at, backoff = lz.matvecs + backoff, min(2 * backoff, ncv)
-        # The final verification (k products; it also measures the noise) is kept inside the
-        # budget; a complete basis: T is similar to A, nothing is left to add.
-        if lz.complete or (lz.m >= k and lz.matvecs + cert.matvecs + k >= max_matvecs):
+        # The final verification (k products; it also measures the noise, or 2 more do) is kept
+        # inside the budget; a complete basis: T is similar to A, nothing is left to add.
+        reserve = k + (0 if predictive or cert.noise(lz.anorm) is not None else 2)
+        if lz.complete or (lz.m >= k and lz.matvecs + cert.matvecs + reserve >= max_matvecs):
             break
         if breakdown:
             lz.inject()
@@ -255,8 +279,9 @@ def eigsh(
     Y = lz.vectors(S[:, wanted])
     if check is None:  # the budget ran out (or the basis is complete) on unverified Ritz pairs
         check = cert.verify(theta, estimates, wanted, Y, lz.anorm,
-                            predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted]))
-    return _record(check, caller="eigsh", values=theta[wanted], vectors=Y,
+                            predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted])
+                            if predictive else None, basis_floor=floor)
+    return _record(check, caller="eigsh", values=check["values"], vectors=Y,
                    matvecs=lz.matvecs + cert.matvecs, tol=tol, which=which, method="lanczos",
                    seed=seed, restarts=restarts, t0=t0, accuracy=accuracy,
                    basis_bytes=lz.basis_bytes, basis_device=None if home is None else str(home))
@@ -286,6 +311,30 @@ def _check_basis_device(device: object) -> torch.device | None:
         return torch.device(device)
     except RuntimeError as error:
         raise ArgumentValueError(f"basis_device: {error}") from None
+
+
+def _check_basis_dtype(dtype: object, op_dtype: torch.dtype,
+                      with_inner: bool) -> torch.dtype | None:
+    """``basis_dtype`` checked: ``None``, or a floating dtype no wider than the work dtype
+    (the work dtype itself means the default, a full basis)."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise ArgumentTypeError(
+            f"basis_dtype must be a real floating torch.dtype such as torch.bfloat16, got "
+            f"{dtype!r}")
+    work = _work_dtype(op_dtype)
+    if dtype == work:
+        return None
+    if torch.finfo(dtype).bits > torch.finfo(work).bits:
+        raise ArgumentValueError(
+            f"basis_dtype={dtype} is wider than the work dtype {work} of a {op_dtype} "
+            "operator: the basis cannot be more accurate than the products; leave it None")
+    if with_inner:
+        raise ArgumentValueError(
+            "basis_dtype is not supported with inner (an M-orthonormal basis kept in low "
+            "precision); leave one of them None")
+    return dtype
 
 
 def _dense_eigsh(op: LinearOperator, which: str, tol: float, accuracy: str, seed: int | None,
