@@ -125,3 +125,57 @@ def test_bad_inputs():
     nan_op = LambdaOperator(lambda v: v * float("nan"), 10, torch.float64)
     with pytest.raises(ValueError, match="NaN/inf"):
         spectral_density(nan_op)
+
+
+# -- reorthogonalization for long runs ----------------------------------------------------------
+@pytest.mark.parametrize("mode", ["selective", "none"])
+@pytest.mark.parametrize("A", [OUTLIERS, FLAT])
+def test_moments_match_dense_traces_without_full_reorthogonalization(A, mode):
+    p, num_probes = A.shape[0], 20
+    d = spectral_density(DenseOperator(A), num_probes=num_probes, lanczos_steps=30,
+                         reorthogonalize=mode)
+    assert d.reorthogonalize == mode
+    for k in range(1, 5):
+        B = torch.linalg.matrix_power(A, k)
+        truth = float(torch.trace(B)) / p
+        var = 2 * (float((B**2).sum()) - float((torch.diagonal(B) ** 2).sum())) / p**2
+        assert abs(d.moments(k) - truth) <= 4 * math.sqrt(var / num_probes) + 1e-10, k
+
+
+def _copies(nodes: torch.Tensor, value: float) -> torch.Tensor:
+    return (nodes - value).abs() < 1e-6 * value
+
+
+def test_selective_orthogonalization_keeps_the_ghosts_out_that_the_plain_recurrence_makes():
+    """150 steps on p = 200 with outliers 40, 25, 12, 8, 5: the outliers converge early, and
+    without reorthogonalization they come back as copies; selective orthogonalization has one
+    node per outlier, as full reorthogonalization does, and the same nodes there. The copies
+    share the weight a single node carries (the quadrature still describes the same measure)."""
+    runs = {mode: spectral_density(DenseOperator(OUTLIERS), num_probes=1, lanczos_steps=150,
+                                   reorthogonalize=mode, seed=2)
+            for mode in ("full", "selective", "none")}
+    nodes = {mode: d.nodes[0] for mode, d in runs.items()}
+    assert int(_copies(nodes["none"], 40.0).sum()) >= 2
+    for value in (40.0, 25.0, 12.0, 8.0, 5.0):
+        assert int(_copies(nodes["full"], value).sum()) == 1
+        assert int(_copies(nodes["selective"], value).sum()) == 1
+        weight = {mode: float(runs[mode].weights[0][_copies(nodes[mode], value)].sum())
+                  for mode in runs}
+        assert weight["selective"] == pytest.approx(weight["full"], rel=1e-6, abs=1e-12)
+        assert weight["none"] == pytest.approx(weight["full"], rel=1e-6, abs=1e-12)
+    p = OUTLIERS.shape[0]
+    assert runs["none"].basis_bytes == 0
+    assert runs["selective"].basis_bytes == p * 150 * 8
+    assert runs["full"].basis_bytes == p * 151 * 8
+    far = runs["full"].nodes[0].sort().values
+    near = runs["selective"].nodes[0].sort().values
+    assert torch.allclose(far, near, atol=1e-7 * 40)
+
+
+def test_reorthogonalize_is_checked_and_basis_device_changes_no_number():
+    with pytest.raises(ValueError, match="reorthogonalize must be one of"):
+        spectral_density(DenseOperator(FLAT), reorthogonalize="partial")
+    here = spectral_density(DenseOperator(FLAT), num_probes=2, lanczos_steps=20)
+    host = spectral_density(DenseOperator(FLAT), num_probes=2, lanczos_steps=20,
+                            basis_device="cpu")
+    assert torch.equal(here.density, host.density)

@@ -305,3 +305,104 @@ class _Lanczos:
         self.T.zero_()
         self.T[:ell, :ell] = torch.diag(theta[keep])
         self.m = ell
+
+
+class _ShortLanczos:
+    """Lanczos by the three-term recurrence, for long runs that only need ``T`` (quadrature).
+
+    ``A q_j = β_{j-1} q_{j-1} + α_j q_j + β_j q_{j+1}``, with ``T`` tridiagonal. Without
+    reorthogonalization (``selective=False``) it keeps three vectors whatever the number of
+    steps. Rounding then makes the basis lose orthogonality along every Ritz vector that
+    converges (C. C. Paige, 1971), and copies ("ghosts") of converged Ritz values appear in
+    ``T``; Gauss quadrature on such a ``T`` still approximates the spectral measure, the
+    weight of an eigenvalue shared among its copies (A. Greenbaum, Linear Algebra Appl. 113,
+    1989; G. Meurant and Z. Strakoš, Acta Numerica 15, 2006).
+
+    ``selective=True`` is selective orthogonalization (B. N. Parlett and D. S. Scott, Math.
+    Comp. 33, 1979): as orthogonality is lost only along converged Ritz vectors, a Ritz pair
+    becomes *good* once ``β_j |s_{j,i}| ≤ sqrt(eps) ‖T_j‖``; its vector ``y_i = Q_j s_i`` is
+    formed once from the stored basis (kept on ``basis_device``, e.g. host memory) and every
+    later ``w`` is orthogonalized against the good vectors. The basis stays semi-orthogonal
+    (``sqrt(eps)``), no ghosts appear, and a step costs ``r`` inner products for ``r`` good
+    vectors instead of ``j``; on the operator's device only the good vectors and three more
+    are held.
+    """
+
+    def __init__(self, op: LinearOperator, steps: int, start: torch.Tensor, *,
+                 selective: bool, basis_device: torch.device | None = None) -> None:
+        self.op, self.steps, self.selective = op, steps, selective
+        self.work = _work_dtype(op.dtype)
+        self.eps = torch.finfo(self.work).eps
+        q = start.to(device=op.device, dtype=self.work)
+        self.q = q / torch.linalg.vector_norm(q)
+        self.q_prev = torch.zeros_like(self.q)
+        self.alpha: list[float] = []
+        self.beta: list[float] = []  # β_j couples q_j and q_{j+1}
+        self.matvecs = 0
+        self.home = op.device if basis_device is None else basis_device
+        self.Q = None
+        if selective:
+            self.Q = torch.zeros(op.size, steps, dtype=self.work, device=self.home)
+            self.Q[:, 0] = self.q.to(self.home)
+        # Good Ritz vectors (columns, on the operator's device) and their coefficients in Q.
+        self.good = torch.zeros(op.size, 0, dtype=self.work, device=op.device)
+        self.good_coefficients: list[torch.Tensor] = []
+
+    @property
+    def m(self) -> int:
+        return len(self.alpha)
+
+    @property
+    def basis_bytes(self) -> int:
+        return 0 if self.Q is None else self.Q.numel() * self.Q.element_size()
+
+    def tridiagonal(self) -> torch.Tensor:
+        """``T_m`` (float64, host)."""
+        T = torch.diag(torch.tensor(self.alpha, dtype=torch.float64))
+        if self.m > 1:
+            off = torch.tensor(self.beta[: self.m - 1], dtype=torch.float64)
+            T += torch.diag(off, 1) + torch.diag(off, -1)
+        return T
+
+    def step(self) -> bool:
+        """One recurrence step; True on breakdown (the Krylov space is invariant) or when
+        ``steps`` are done."""
+        aq = _apply(self.op, self.q)
+        self.matvecs += 1
+        beta_prev = self.beta[-1] if self.beta else 0.0
+        w = aq - beta_prev * self.q_prev
+        alpha = float(self.q @ w)
+        w -= alpha * self.q
+        w -= self.q * float(self.q @ w)  # local reorthogonalization: cheap, keeps α honest
+        self.alpha.append(alpha)
+        if self.selective:
+            self._orthogonalize_against_good(w)
+        beta = float(torch.linalg.vector_norm(w))
+        self.beta.append(beta)
+        anorm = float(torch.linalg.vector_norm(aq))
+        if self.m == self.steps or self.m == self.op.size or beta <= _BREAKDOWN * self.eps * anorm:
+            return True
+        self.q_prev, self.q = self.q, w / beta
+        if self.Q is not None:
+            self.Q[:, self.m] = self.q.to(self.home)
+        return False
+
+    def _orthogonalize_against_good(self, w: torch.Tensor) -> None:
+        """Add the Ritz vectors that became good at this step, then take ``w`` off all good
+        ones (in place)."""
+        theta, S = torch.linalg.eigh(self.tridiagonal())
+        beta = float(torch.linalg.vector_norm(w))
+        scale = max(float(theta.abs().max()), 1e-300)
+        for i in torch.nonzero(beta * S[-1].abs() <= math.sqrt(self.eps) * scale).flatten():
+            s = S[:, i]
+            if any(abs(float(s[: c.numel()] @ c)) > 0.5 for c in self.good_coefficients):
+                continue  # already good: a converged Ritz vector hardly moves
+            assert self.Q is not None
+            y = (self.Q[:, : self.m] @ s.to(dtype=self.work, device=self.home)).to(self.op.device)
+            y -= self.good @ (self.good.T @ y)
+            norm = float(torch.linalg.vector_norm(y))
+            if norm > 0.5:
+                self.good = torch.cat([self.good, (y / norm)[:, None]], dim=1)
+                self.good_coefficients.append(s.clone())
+        if self.good.shape[1]:
+            w -= self.good @ (self.good.T @ w)

@@ -122,6 +122,8 @@ class SpectralDensity:
         matvecs: operator applications used.
         seed: seed of the random probes.
         wall_time: seconds spent.
+        reorthogonalize: ``"full"``, ``"selective"`` or ``"none"``, as run.
+        basis_bytes: memory of one probe's stored basis (0 without one).
     """
 
     grid: torch.Tensor
@@ -132,6 +134,8 @@ class SpectralDensity:
     matvecs: int
     seed: int | None
     wall_time: float
+    reorthogonalize: str = "full"
+    basis_bytes: int = 0
 
     def moments(self, k: int) -> float:
         """Quadrature estimate of the normalized spectral moment ``tr(A^k) / p``.

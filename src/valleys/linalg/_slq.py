@@ -10,14 +10,21 @@ import torch
 
 from valleys._checks import is_real
 from valleys.errors import ArgumentTypeError, ArgumentValueError
-from valleys.linalg._certify import _check_count, _check_operator, _check_seed, _generator
-from valleys.linalg._krylov import _Lanczos
+from valleys.linalg._certify import (
+    _check_choice,
+    _check_count,
+    _check_operator,
+    _check_seed,
+    _generator,
+)
+from valleys.linalg._krylov import _Lanczos, _ShortLanczos
 from valleys.linalg._results import SpectralDensity
 from valleys.linalg._trace import _probes
 from valleys.operators._base import LinearOperator
 
 __all__ = ["spectral_density"]
 
+_REORTHOGONALIZE = ("full", "selective", "none")
 _GRID_CHUNK = 256  # grid points per kernel evaluation: bounds memory at chunk * probes * m
 
 
@@ -44,6 +51,8 @@ def spectral_density(
     num_points: int = 1000,
     sigma: float | None = None,
     seed: int | None = 0,
+    reorthogonalize: str = "full",
+    basis_device: str | torch.device | None = None,
 ) -> SpectralDensity:
     """Smoothed eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -73,6 +82,18 @@ def spectral_density(
         num_points: size of the default grid.
         sigma: kernel width. Default ``1e-2 x`` the span of the nodes.
         seed: seed for the probes; same seed, same density.
+        reorthogonalize: how the Lanczos basis is kept orthogonal over ``m`` steps.
+            ``"full"`` (default): against the whole stored basis, ``p × m`` numbers and ``j``
+            inner products at step ``j``. ``"selective"``: against the Ritz vectors that have
+            converged only (Parlett & Scott 1979); the basis is still stored (on
+            ``basis_device``) but only read when a Ritz pair converges, and the nodes agree
+            with ``"full"`` to ``sqrt(eps)``. ``"none"``: the three-term recurrence alone,
+            three vectors whatever ``m``; converged Ritz values then reappear as copies
+            ("ghosts") that share their weight, so the density and the moments stay
+            estimates of the same measure (Greenbaum 1989; Meurant & Strakoš 2006) while
+            ``nodes`` hold duplicates. For long runs on large models.
+        basis_device: where ``"full"`` and ``"selective"`` keep the basis (e.g. ``"cpu"``
+            for a model on an accelerator). Default: with the operator.
 
     Returns:
         A :class:`~valleys.linalg.SpectralDensity`; ``moments(k)`` gives the
@@ -92,16 +113,30 @@ def spectral_density(
     else:
         grid = _check_grid(grid)
     _check_seed(seed)
+    reorthogonalize = _check_choice(reorthogonalize, _REORTHOGONALIZE, "reorthogonalize")
+    from valleys.linalg._lanczos import _check_basis_device
+
+    home = _check_basis_device(basis_device)
 
     gen = _generator(op.device, seed)
     nodes = torch.zeros(num_probes, m, dtype=torch.float64)
     weights = torch.zeros(num_probes, m, dtype=torch.float64)
-    matvecs = 0
+    matvecs = basis_bytes = 0
     for i in range(num_probes):
-        lz = _Lanczos(op, m, _probes(op, 1, "rademacher", gen)[:, 0], gen)
-        while not lz.step() and lz.m < m:
-            pass
-        theta, S = lz.ritz()
+        start = _probes(op, 1, "rademacher", gen)[:, 0]
+        lz: _Lanczos | _ShortLanczos
+        if reorthogonalize == "full":
+            lz = _Lanczos(op, m, start, gen, basis_device=home)
+            while not lz.step() and lz.m < m:
+                pass
+            theta, S = lz.ritz()
+        else:
+            lz = _ShortLanczos(op, m, start, selective=reorthogonalize == "selective",
+                               basis_device=home)
+            while not lz.step():
+                pass
+            theta, S = torch.linalg.eigh(lz.tridiagonal())
+        basis_bytes = lz.basis_bytes
         # A probe that broke down early is padded with zero-weight copies of a real node, so
         # the padding changes neither the density, nor the moments, nor the node range.
         nodes[i] = theta[0]
@@ -138,4 +173,6 @@ def spectral_density(
         matvecs=matvecs,
         seed=None if seed is None else int(seed),
         wall_time=time.perf_counter() - t0,
+        reorthogonalize=reorthogonalize,
+        basis_bytes=basis_bytes,
     )
