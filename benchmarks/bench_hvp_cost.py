@@ -21,6 +21,10 @@ built from a config, no weights downloaded; random weights and data, float32, on
 
 * time of one HVP in gradients, per backend (double backward through a reused graph, double
   backward building its graph, forward-over-reverse) and ``auto``'s choice and measured ratio;
+* the FLOPs of each call in matrix products, convolutions and attention
+  (``torch.utils.flop_counter``), in gradients: the ratio the time would have with equally
+  efficient kernels (exactly 2 through a reused graph when every layer's input gradient is
+  needed: 6 products per layer against the gradient's 3);
 * peak memory of one HVP (graph included) and of one gradient on the same batch, each in a
   fresh child process after a 1-sample warm-up of the same call: on CPU the rise of the peak
   resident set (``VmHWM``, reset just before the call through ``/proc/self/clear_refs``;
@@ -419,8 +423,11 @@ def bench_zoo_model(name: str, quick: bool, repeats: int, device: torch.device) 
         c.warmup = c.run
     C.run_interleaved(found, repeats=repeats, budget_s=float("inf"), log=False)
     unit = found[0].median
+    flops = {c.name: counted_flops(c.run) for c in found}
     times = {c.name: {"median_s": c.median, "in_gradients": C.ratio(c.median, unit),
                       "cpu_in_gradients": C.ratio(c.cpu_median, found[0].cpu_median),
+                      "flops": flops[c.name],
+                      "flops_in_gradients": C.ratio(flops[c.name], flops["gradient"]),
                       "runs": len(c.times), "error": c.error} for c in found}
     auto = fresh_auto_choice(obj)
     memory = {kind: measure_memory(name, kind, quick, device) for kind in MEMORY_KINDS}
@@ -429,6 +436,20 @@ def bench_zoo_model(name: str, quick: bool, repeats: int, device: torch.device) 
         memory[kind]["over_gradient"] = C.ratio(memory[kind].get("peak_bytes"), grad_peak)
     return {"model": name, "dim": obj.dim, "batch": batch, "times": times, "auto": auto,
             "memory": memory}
+
+
+def counted_flops(run: Callable[[], object]) -> int | None:
+    """Floating-point operations of one ``run()`` in the matrix products, convolutions and
+    attention kernels (``torch.utils.flop_counter``; elementwise work is not counted): the
+    floor of its time whatever the kernels' efficiency. ``None`` when ``run`` raises."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            run()
+    except Exception:
+        return None
+    return counter.get_total_flops()
 
 
 def zoo_tables(results: list[dict]) -> tuple[str, str]:
@@ -448,7 +469,9 @@ def zoo_tables(results: list[dict]) -> tuple[str, str]:
             fr["in_gradients"] if fr["error"] is None else f"failed: {fr['error'][:60]}",
             auto["backend"], auto["hvp_over_gradient"],
             reused is not None and reused <= TARGET_REUSED,
-            fresh is not None and fresh <= TARGET_DEFAULT])
+            fresh is not None and fresh <= TARGET_DEFAULT,
+            t["double backward, reused graph"]["flops_in_gradients"],
+            fr["flops_in_gradients"]])
         chosen = mem[auto["backend"]].get("over_gradient")
         memory_rows.append([
             res["model"], res["dim"], res["batch"],
@@ -460,7 +483,8 @@ def zoo_tables(results: list[dict]) -> tuple[str, str]:
         ["model", "parameters", "batch", "gradient (ms)", "HVP ÷ gradient: double backward, "
          "reused graph", "double backward, graph built", "forward-over-reverse", "auto chose",
          "auto's calibration: HVP ÷ gradient", f"reused ≤ {TARGET_REUSED:g}",
-         f"no reuse ≤ {TARGET_DEFAULT:g}"], time_rows)
+         f"no reuse ≤ {TARGET_DEFAULT:g}", "FLOPs ÷ gradient's: reused graph",
+         "FLOPs ÷ gradient's: forward-over-reverse"], time_rows)
     memory_table = C.markdown_table(
         ["model", "parameters", "batch", "gradient peak (MiB)",
          "double-backward HVP peak (MiB)", "÷ gradient", "forward-over-reverse HVP peak (MiB)",

@@ -173,6 +173,9 @@ def curvature(
     processes = vdist.world_size()
     backend = torch.distributed.get_backend() if distributed else None
     if distributed:
+        # Every rank is past its last collective before any tears down: gloo aborts a process
+        # whose peer closes the connection while it still has work in flight.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     if not main_rank:
         return
