@@ -265,6 +265,21 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"cannot serialize {type(x).__name__}")
 
 
+def counted_flops(run: Callable[[], object]) -> int | None:
+    """Floating-point operations of one ``run()`` in the matrix products, convolutions and
+    attention kernels (``torch.utils.flop_counter``; elementwise work, gathers and copies are not
+    counted): its work independent of how efficient the kernels are. ``None`` when ``run``
+    raises."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            run()
+    except Exception:
+        return None
+    return counter.get_total_flops()
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator``, or ``None`` when either is missing or the divisor is 0."""
     if numerator is None or denominator is None or denominator == 0:

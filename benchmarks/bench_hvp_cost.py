@@ -423,7 +423,7 @@ def bench_zoo_model(name: str, quick: bool, repeats: int, device: torch.device) 
         c.warmup = c.run
     C.run_interleaved(found, repeats=repeats, budget_s=float("inf"), log=False)
     unit = found[0].median
-    flops = {c.name: counted_flops(c.run) for c in found}
+    flops = {c.name: C.counted_flops(c.run) for c in found}
     times = {c.name: {"median_s": c.median, "in_gradients": C.ratio(c.median, unit),
                       "cpu_in_gradients": C.ratio(c.cpu_median, found[0].cpu_median),
                       "flops": flops[c.name],
@@ -436,20 +436,6 @@ def bench_zoo_model(name: str, quick: bool, repeats: int, device: torch.device) 
         memory[kind]["over_gradient"] = C.ratio(memory[kind].get("peak_bytes"), grad_peak)
     return {"model": name, "dim": obj.dim, "batch": batch, "times": times, "auto": auto,
             "memory": memory}
-
-
-def counted_flops(run: Callable[[], object]) -> int | None:
-    """Floating-point operations of one ``run()`` in the matrix products, convolutions and
-    attention kernels (``torch.utils.flop_counter``; elementwise work is not counted): the
-    floor of its time whatever the kernels' efficiency. ``None`` when ``run`` raises."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        with FlopCounterMode(display=False) as counter:
-            run()
-    except Exception:
-        return None
-    return counter.get_total_flops()
 
 
 def zoo_tables(results: list[dict]) -> tuple[str, str]:
