@@ -15,6 +15,7 @@ from valleys._layer_factors import (
     Layers,
     Unsupported,
     check_factored_gradient,
+    conv_sample_gradients,
     factored_gradient,
     factors,
     find_layers,
@@ -104,6 +105,28 @@ def test_factors_reproduce_per_sample_gradients(kind):
                                rtol=1e-12, atol=1e-13)
     check_factored_gradient(obj, obj.parameters_vector(), layers, X,
                             lambda out: obj.loss_fn(out, Y[: out.shape[0]]).sum())
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "conv2d"])
+def test_conv_sample_gradients_by_grouped_convolution(kind):
+    """Stride, padding, dilation, rectangular kernels, no bias: the grouped-convolution weight
+    gradient is each sample's gradient, and a layer not reaching the loss gets zeros."""
+    obj = objective(kind)
+    layers = find_layers(obj, LAYER_TYPES)
+    X, Y = next(iter(obj.chunks()))
+    out, inputs, shifts = forward_with_shifts(obj, obj.parameters_vector(), layers, X)
+    grads = torch.autograd.grad(obj.loss_fn(out, Y).sum(), shifts, allow_unused=True)
+    reference = vmap(grad(obj.sample_loss), in_dims=(None, 0, 0))(obj.parameters_vector(), X, Y)
+    expected = layers.views(reference)
+    for j, (m, a, d) in enumerate(zip(layers, inputs, grads, strict=True)):
+        if isinstance(m, nn.Linear):
+            continue
+        gw, gb = conv_sample_gradients(m, a, d)
+        torch.testing.assert_close(gw, expected[j]["weight"].flatten(1), rtol=1e-12, atol=1e-13)
+        if m.bias is not None:
+            torch.testing.assert_close(gb, expected[j]["bias"], rtol=1e-12, atol=1e-13)
+        zeros = conv_sample_gradients(m, a, None)
+        assert zeros[0].shape == gw.shape and not zeros[0].any() and not zeros[1].any()
 
 
 def test_factors_of_a_subset_of_the_layers_and_views_invert_flatten():

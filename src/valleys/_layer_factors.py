@@ -2,7 +2,7 @@ r"""Per-sample factors of ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` layers, 
 
 For a layer ``z_i = W a_i + b`` the gradient of any per-sample quantity ``φ_i`` with respect to
 ``(W, b)`` is the rank-one ``(δ_i a_iᵀ, δ_i)``, ``δ_i = ∂φ_i/∂z_i``. A convolution is the same
-map at every output position ``t`` on the patch ``a_it`` of its input (``F.unfold``), so its
+map at every output position ``t`` on the patch ``a_it`` of its input (as ``F.unfold``), so its
 per-sample gradient is ``(Σ_t δ_it a_itᵀ, Σ_t δ_it)``. So when ``θ`` is made of whole such
 layers, per-sample gradients (and Jacobian rows) never need to be formed: the layer inputs
 ``a_i`` and the output cotangents ``δ_i`` (the *factors*) suffice.
@@ -229,13 +229,57 @@ def factors(
             kernel, stride, dilation = ((1, *v) for v in (m.kernel_size, m.stride, m.dilation))
         else:
             x, pad, kernel, stride, dilation = a, m.padding, m.kernel_size, m.stride, m.dilation
-        patches = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
-        acts.append(patches.transpose(1, 2))
+        patches = _patches(x, kernel, dilation, pad, stride)
+        acts.append(patches)
         b = a.shape[0]
-        d = a.new_zeros(b, m.out_channels, patches.shape[2]) if d is None else d.reshape(
+        d = a.new_zeros(b, m.out_channels, patches.shape[1]) if d is None else d.reshape(
             b, m.out_channels, -1)
         deltas.append(d.transpose(1, 2))
     return acts, deltas
+
+
+def _patches(x: torch.Tensor, kernel: Sequence[int], dilation: Sequence[int],
+             padding: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """The input patches of a 2-D convolution, ``(b, T, channels·kh·kw)``: the entries and
+    strides of ``F.unfold(x, ...).transpose(1, 2)``, from one strided copy of the padded input
+    (CPU ``F.unfold`` loops over the samples: half the time of a factor pass on SmallCNN)."""
+    if any(padding):
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    b, c, height, width = x.shape
+    rows = (height - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    cols = (width - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    sb, sc, sh, sw = x.stride()
+    # Positions innermost, as F.unfold lays them out: the copy reads rows of the image.
+    view = x.as_strided(
+        (b, c, kernel[0], kernel[1], rows, cols),
+        (sb, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]),
+        x.storage_offset())
+    return view.reshape(b, c * kernel[0] * kernel[1], rows * cols).transpose(1, 2)
+
+
+def conv_sample_gradients(
+    module: nn.Conv1d | nn.Conv2d, inputs: torch.Tensor, deltas: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's per-sample gradients ``(Σ_t δ_it a_itᵀ, Σ_t δ_it)`` from its recorded
+    input ``(b, in, *positions)`` and output cotangent ``(b, out, *positions')`` (``None``:
+    zeros), as ``(b, out·in·kernel)`` and ``(b, out)``.
+
+    The weight gradient of one convolution whose groups are the samples: the batch folded into
+    the channels, ``groups=b``. No patches are formed; on a CPU this took a quarter of the time
+    of unfolding the input and one batched product.
+    """
+    b, out = inputs.shape[0], module.out_channels
+    if deltas is None:
+        return inputs.new_zeros(b, module.weight.numel()), inputs.new_zeros(b, out)
+    spatial = inputs.shape[2:]
+    weight_shape = (b * out, *module.weight.shape[1:])
+    _, weight_grad, _ = torch.ops.aten.convolution_backward(
+        deltas.reshape(1, b * out, *deltas.shape[2:]),
+        inputs.reshape(1, b * inputs.shape[1], *spatial),
+        inputs.new_empty(weight_shape),  # read for its shape only
+        None, list(module.stride), list(module.padding), list(module.dilation), False,
+        [0] * len(spatial), b, [False, True, False])
+    return weight_grad.reshape(b, -1), deltas.flatten(2).sum(2)
 
 
 def factored_gradient(

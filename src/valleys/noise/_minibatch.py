@@ -54,7 +54,7 @@ from valleys._layer_factors import (
     LAYER_TYPES,
     Layers,
     check_factored_gradient,
-    factors,
+    conv_sample_gradients,
     forward_with_shifts,
     try_factored,
 )
@@ -172,14 +172,15 @@ class _Factored:
             out, acts, shifts = forward_with_shifts(objective, theta, layers, X)
             grads = torch.autograd.grad(objective.loss_fn(out, Y).sum(), shifts,
                                         allow_unused=True)
-            A, D = factors(layers, acts, grads)  # zeros for a layer not reaching the loss
             sums: list[tuple[torch.Tensor, ...]] = []
-            for j, (m, a, d) in enumerate(zip(layers, A, D, strict=True)):
+            for j, (m, a, d) in enumerate(zip(layers, acts, grads, strict=True)):
                 if isinstance(m, nn.Linear):
+                    if d is None:  # a layer not reaching the loss
+                        d = a.new_zeros(a.shape[0], m.out_features)
                     parts[j].append((a, d))
                     sums.append(((d.T @ a)[None], d.sum(0, keepdim=True)))
-                else:  # (b, out, T) @ (b, T, in·kernel): the patches stay a strided view
-                    gw, gb = (d.transpose(1, 2) @ a).flatten(1), d.sum(1)
+                else:
+                    gw, gb = conv_sample_gradients(m, a, d)
                     parts[j].append((gw, gb))
                     sums.append((gw.sum(0, keepdim=True), gb.sum(0, keepdim=True)))
             total += layers.flatten(sums)[0]
