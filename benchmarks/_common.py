@@ -265,6 +265,26 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"cannot serialize {type(x).__name__}")
 
 
+def status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (Linux): ``VmRSS`` now, ``VmHWM`` its peak."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set (``VmHWM``) to the current one (Linux ≥ 4.0, writing 5 to
+    ``/proc/self/clear_refs``); ``False`` where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def counted_flops(run: Callable[[], object]) -> int | None:
     """Floating-point operations of one ``run()`` in the matrix products, convolutions and
     attention kernels (``torch.utils.flop_counter``; elementwise work, gathers and copies are not

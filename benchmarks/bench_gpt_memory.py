@@ -31,8 +31,9 @@ round-robin (``--repeats`` rounds) so slow spells of a shared machine spread ove
   prediction, made before the computation, and the time it takes.
 
 Time includes building the operator (forward pass and first-order graph) and, for valleys,
-building the Objective. Memory on CPU: peak resident set size (``ru_maxrss``) minus the current
-RSS once model and data exist, with glibc's mmap threshold pinned at 64 KiB
+building the Objective. Memory on CPU: peak resident set size (``VmHWM``, reset through
+``/proc/self/clear_refs`` once model and data exist; ``ru_maxrss`` where that is refused)
+minus the current RSS then, with glibc's mmap threshold pinned at 64 KiB
 (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS and it tracks live memory; on CUDA:
 ``torch.cuda.max_memory_allocated()`` minus the bytes allocated at that point. The estimate is
 compared with ``total − model − data`` (what the computation adds to what is already there).
@@ -94,12 +95,17 @@ class _Memory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            # VmHWM reset to the current RSS: ru_maxrss would carry the parent's high-water
+            # mark across fork and exec.
+            self.reset = C.reset_peak_rss()
             self.base = _rss()
 
     def increase(self) -> int:
         if self.cuda:
             self.torch.cuda.synchronize()
             return self.torch.cuda.max_memory_allocated() - self.base
+        if self.reset:
+            return C.status_kib("VmHWM") * 1024 - self.base
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
 
 
@@ -314,7 +320,8 @@ def report(size: str, device: str, reference: dict[str, Any], estimates: dict[st
     ref_tol, ref_note = (TOL, " (the valleys run below)") if own else (REFERENCE_TOL, "")
     memory_rule = ("`torch.cuda.max_memory_allocated()` minus the bytes allocated before"
                    if device.startswith("cuda") else
-                   "peak RSS (`ru_maxrss`) minus the RSS before, glibc mmap threshold 64 KiB")
+                   "peak RSS (`VmHWM`, reset before the computation) minus the RSS before, "
+                   "glibc mmap threshold 64 KiB")
     lines = [
         f"## GPT sharpness, valleys vs PyHessian (bench_gpt_memory.py, size {size}, {device})",
         "", f"TinyGPT with {params:,} parameters, {tokens} tokens (seed 0), mean next-token "

@@ -294,26 +294,6 @@ def build_zoo(name: str, quick: bool, device: torch.device,
     raise ValueError(f"unknown zoo model {name!r}; choose one of {ZOO_NAMES}")
 
 
-def _status_kib(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (Linux): ``VmRSS`` now, ``VmHWM`` its peak."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the peak resident set (``VmHWM``) to the current one (Linux ≥ 4.0, writing 5 to
-    ``/proc/self/clear_refs``); ``False`` where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _apply(obj: valleys.Objective, kind: str, device: torch.device) -> torch.Tensor:
     """One gradient, or one HVP of backend ``kind`` on a fresh operator (graph included)."""
     if kind == "gradient":
@@ -359,8 +339,8 @@ def memory_child(name: str, kind: str, quick: bool, device: torch.device) -> dic
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        reset = _reset_peak_rss()
-        base = _status_kib("VmRSS")
+        reset = C.reset_peak_rss()
+        base = C.status_kib("VmRSS")
         if not reset:
             base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = _apply(obj, kind, device)
@@ -369,7 +349,7 @@ def memory_child(name: str, kind: str, quick: bool, device: torch.device) -> dic
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
                 "method": "torch.cuda.max_memory_allocated", "finite": bool(out.isfinite().all())}
     if reset:
-        return {"peak_bytes": (_status_kib("VmHWM") - base) * 1024,
+        return {"peak_bytes": (C.status_kib("VmHWM") - base) * 1024,
                 "method": "VmHWM (reset before the call) - VmRSS before the call",
                 "finite": bool(out.isfinite().all())}
     # No reset allowed: ru_maxrss still holds the import's peak; valid only above it.
