@@ -176,6 +176,15 @@ def _apply(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
     return _checked(op, x, op.matvec(x), "matvec").to(device=v.device, dtype=v.dtype)
 
 
+def _dot64(X: torch.Tensor, Y: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
+    """The column inner products ``Σ_i X_ik Y_ik`` accumulated in float64 (host), ``block``
+    rows at a time so that no float64 copy of the whole matrices is made."""
+    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[0], block):
+        total += (X[start : start + block].double() * Y[start : start + block].double()).sum(0)
+    return total.cpu()
+
+
 def _apply_block(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
     """``A V`` for a block, with the checks, dtype and device handling of :func:`_apply`."""
     X = V.to(device=op.device, dtype=op.dtype, copy=True, memory_format=torch.contiguous_format)
@@ -305,8 +314,8 @@ class _Certifier:
     values near zero (where a relative accuracy is out of reach); ``accuracy`` says whether it
     applies to the error bound of the value or to the residual. The products' noise ``ν`` is
     measured from a linearity defect the first time it could matter: free where the solver
-    predicts the verification products from its recorded ones (Lanczos), two extra products
-    otherwise.
+    predicts the verification products from its recorded ones (Lanczos before a restart), two
+    extra products otherwise.
     When it puts ``tol`` out of reach, the solve stops once the bounds are within twice the
     dtype's floor and reports ``converged=False`` with a message.
 
@@ -413,21 +422,28 @@ class _Certifier:
 
         ``estimates`` are the recurrence residuals of all Ritz pairs (used for the gaps only).
         ``predict`` returns what the solver's recorded products say ``A Y`` is (for Lanczos
-        ``θ Y + β q_{m+1} s_mᵀ``); ``A Y`` minus it is a linearity defect
-        ``A(Σ s_j q_j) − Σ s_j (A q_j)``, which measures the products' noise for free. With a
-        low basis the wanted values are replaced by the Rayleigh quotients ``yᵀAy / yᵀy`` of
-        the fresh products (Kato–Temple bounds the Rayleigh quotient, and the basis's rounding
-        leaves the Ritz values off by up to its unit roundoff times ``‖A‖`` after a restart).
+        before a restart ``Q_m H_m S + β q_{m+1} s_mᵀ``); ``A Y`` minus it is a linearity defect
+        ``A(Σ s_j q_j) − Σ s_j (A q_j)``, which measures the products' noise for free. Without
+        an inner product the wanted values are replaced by the Rayleigh quotients
+        ``yᵀAy / yᵀy`` of the fresh products, summed in float64, and the residuals are divided
+        by ``‖y‖``: Kato–Temple and Krylov–Bogoliubov bound the Rayleigh quotient of ``y``,
+        while the Ritz values carry the rounding of the basis's inner products (and, with a
+        low basis, its unit roundoff times ``‖A‖`` after a restart).
         Returns a dict with the values, residuals, bounds, ``converged`` and ``done``
         (converged, or as close as the products' noise allows).
         """
         AY = _apply_block(self.op, Y)
         self.matvecs += Y.shape[1]
-        if self.basis_dtype is not None:
-            quotients = (Y * AY).sum(dim=0).double() / (Y * Y).sum(dim=0).double()
+        if self.inner is None:
+            # The Rayleigh quotients of the fresh products, summed in float64: the Ritz values
+            # come from inner products of length p in the work dtype, off by ~sqrt(p)·eps·‖A‖
+            # (float32 over 2·10⁶ coordinates: 2e-6 relative), beyond what Kato–Temple allows.
+            squared = _dot64(Y, Y)
             theta = theta.clone()
-            theta[wanted] = quotients.cpu()
-        resid = self.norms(AY - Y * theta[wanted].to(Y))
+            theta[wanted] = _dot64(Y, AY) / squared
+            resid = self.norms(AY - Y * theta[wanted].to(Y)) / squared.sqrt()
+        else:
+            resid = self.norms(AY - Y * theta[wanted].to(Y))
         rho = estimates.clone()
         rho[wanted] = resid
         if predict is not None and self.noise(anorm) is None:

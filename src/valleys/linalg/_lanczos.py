@@ -71,8 +71,9 @@ def eigsh(
     pairs are done. The prediction is then checked on fresh products ``A y_i`` (``k`` matvecs):
     the recurrence stops meaning anything once low-precision products have made it inexact. With
     ``ρ_i = ‖A y_i − θ_i y_i‖ + ν`` (``ν``: the products' rounding noise, estimated where it
-    could matter from the linearity defect between the fresh ``A y_i`` and the recurrence's
-    ``θ_i y_i + β s_{m,i} q_{m+1}``, at no extra product) there is
+    could matter from the linearity defect between the fresh ``A y_i`` and what the recorded
+    products say it is, ``Q_m H_m s_i + β s_{m,i} q_{m+1}``, at no extra product before a
+    restart, and from ``A(y+z) − Ay − Az`` with two extra products after one) there is
     an eigenvalue of ``A`` within ``ρ_i`` of ``θ_i`` (Krylov–Bogoliubov: rigorous for any unit
     ``y``, up to the noise estimate). The default criterion ``accuracy="residual"`` stops when
     every ``ρ_i ≤ tol · |θ_i|`` (ARPACK's test, with the residual recomputed and the noise
@@ -224,9 +225,6 @@ def eigsh(
     lz = _Lanczos(op, ncv, _start_vector(op, v0, gen), gen, inner,
                   purge=inner is not None and v0 is None, basis_device=home, basis_dtype=store)
     cert = _Certifier(op, tol, accuracy, gen, inner, basis_dtype=lz.store if lz.low else None)
-    # A full basis: the verification products are predicted to rounding, so they measure the
-    # noise; a low basis (and only it) has a rounding floor under the residuals.
-    predictive = not lz.low
     # Once the Krylov space is (nearly) invariant every Ritz pair in it passes the test, yet a
     # repeated eigenvalue (or, with a user v0, anything outside v0's invariant subspace) may be
     # missing: like ARPACK, fill the basis (with random vectors after an exact breakdown) before
@@ -253,14 +251,14 @@ def eigsh(
                                                                 lz.anorm, floor):
             check = cert.verify(
                 theta, estimates, wanted, lz.vectors(S[:, wanted]), lz.anorm,
-                predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted])
-                if predictive else None, basis_floor=floor)
+                predict=functools.partial(lz.predicted, S[:, wanted])
+                if lz.predicts else None, basis_floor=floor)
             if check["done"]:
                 break
             verify_at, backoff = lz.matvecs + backoff, min(2 * backoff, ncv)
         # The final verification (k products; it also measures the noise, or 2 more do) is kept
         # inside the budget; a complete basis: T is similar to A, nothing is left to add.
-        reserve = k + (0 if predictive or cert.noise(lz.anorm) is not None else 2)
+        reserve = k + (0 if lz.predicts or cert.noise(lz.anorm) is not None else 2)
         if lz.complete or (lz.m >= k and lz.matvecs + cert.matvecs + reserve >= max_matvecs):
             break
         if breakdown:
@@ -279,8 +277,8 @@ def eigsh(
     Y = lz.vectors(S[:, wanted])
     if check is None:  # the budget ran out (or the basis is complete) on unverified Ritz pairs
         check = cert.verify(theta, estimates, wanted, Y, lz.anorm,
-                            predict=functools.partial(lz.predicted, theta[wanted], S[:, wanted])
-                            if predictive else None, basis_floor=floor)
+                            predict=functools.partial(lz.predicted, S[:, wanted])
+                            if lz.predicts else None, basis_floor=floor)
     return _record(check, caller="eigsh", values=check["values"], vectors=Y,
                    matvecs=lz.matvecs + cert.matvecs, tol=tol, which=which, method="lanczos",
                    seed=seed, restarts=restarts, t0=t0, accuracy=accuracy,
