@@ -17,6 +17,13 @@ __all__: list[str] = []
 _BLOCK = 8
 
 
+def _basis(size: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero ``size × columns`` basis whose columns are contiguous in memory: writing a column
+    and reading the first ``m`` touch those vectors only (row-major, a 10.5M-parameter
+    basis of 21 columns took 37 ms per column write and read all 21 columns at every step)."""
+    return torch.zeros(columns, size, dtype=dtype, device=device).T
+
+
 class _Lanczos:
     """A Lanczos basis with full reorthogonalization.
 
@@ -61,7 +68,7 @@ class _Lanczos:
         # product with it is taken in the work dtype, a few columns at a time.
         self.store = self.work if basis_dtype is None else basis_dtype
         self.low = self.store != self.work
-        self.Q = torch.zeros(op.size, ncv + 1, dtype=self.store, device=self.home)
+        self.Q = _basis(op.size, ncv + 1, self.store, self.home)
         self.T = torch.zeros(ncv, ncv, dtype=torch.float64)
         # Low basis only: the Gram matrix QᵀQ (I up to the storage's rounding) and, per column,
         # a bound on how far that rounding moved its recurrence (see slack()).
@@ -86,7 +93,7 @@ class _Lanczos:
             self.factor = None
             self._store(0, start / torch.linalg.vector_norm(start))
             return
-        self.MQ = torch.zeros_like(self.Q)
+        self.MQ = _basis(op.size, ncv + 1, self.store, self.home)
         self.factor = op.a if isinstance(op, _ProductOperator) and op.b is inner else None
         self.purge = purge
         start, ms, norm = self._purged(start)
@@ -374,7 +381,7 @@ class _ShortLanczos:
         self.home = op.device if basis_device is None else basis_device
         self.Q = None
         if selective:
-            self.Q = torch.zeros(op.size, steps, dtype=self.work, device=self.home)
+            self.Q = _basis(op.size, steps, self.work, self.home)
             self.Q[:, 0] = self.q.to(self.home)
         # Good Ritz vectors (columns, on the operator's device) and their coefficients in Q.
         self.good = torch.zeros(op.size, 0, dtype=self.work, device=op.device)
