@@ -157,7 +157,7 @@ class _Factored:
     An ``nn.Linear`` keeps its factors ``A`` (``n × in``) and ``Δ`` (``n × out``): its
     per-sample gradient ``(δ_i a_iᵀ, δ_i)`` is never formed. A convolution keeps its per-sample
     gradient ``(Σ_t δ_it a_itᵀ, Σ_t δ_it)`` (``n × out·in·kernel``), formed chunk by chunk by one
-    batched product over the output positions: it is smaller than the unfolded factors
+    grouped convolution (:func:`conv_sample_gradients`): it is smaller than the unfolded factors
     (``T·(in·kernel + out)`` per sample), and a batch gradient is then a sum of ``B`` rows
     instead of a product over ``B·T`` rows.
     """
